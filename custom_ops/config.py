@@ -1,0 +1,34 @@
+"""Block structure choices (how big a LUT block to build for an MLP), shared by the converter,
+the fitting code, the kernel benchmarks and the hardware backend so they all mean the same block."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    """Structure of a fitted block; the parameters themselves come from fitting.
+
+    `luts_per_output` is the group size G of the conditional summation; `hidden_layers` are the sizes
+    of LUT layers before the last one (empty: one layer, the thermometer feeds the summed LUTs).
+    """
+
+    lut_inputs: int = 6
+    thresholds_per_feature: int = 8
+    luts_per_output: int = 8
+    hidden_layers: tuple[int, ...] = ()
+    input_bits: int = 8
+
+    def layer_sizes(self, out_features: int) -> tuple[int, ...]:
+        return (*self.hidden_layers, out_features * self.luts_per_output)
+
+
+def default_config(in_features: int, out_features: int) -> BlockConfig:
+    """The converter's default for an MLP of these widths (hidden sizes 64 to 4096).
+
+    One layer of LUT6 (one FPGA LUT each), 8 thermometer bits per feature and 8 LUTs per output:
+    about 3 table look-ups and 3 additions per output instead of `2 * hidden` multiply-adds.
+    """
+    del in_features  # one setting serves 64..4096; kept in the signature for future tuning
+    return BlockConfig()

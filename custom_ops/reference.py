@@ -1,0 +1,78 @@
+"""The numpy reference of `WeightlessBlock` v1: the oracle every other implementation must equal bit for bit.
+
+It follows docs/weightless_block.md section 3 step by step, favouring clarity over speed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import WeightlessBlockError
+from .params import WeightlessBlockParams
+
+
+def quantize_inputs(params: WeightlessBlockParams, x: np.ndarray) -> np.ndarray:
+    """Spec 3.1: float32 `[..., D_in]` -> int32 `q` (NaN -> 0, round half to even, saturate)."""
+    x = check_input(params, x)
+    with np.errstate(all="ignore"):
+        product = x * params.input_scale  # one binary32 multiplication per element
+        rounded = np.rint(product)  # round half to even
+    q = np.clip(rounded, params.qmin, params.qmax)
+    return np.where(np.isnan(q), 0, q).astype(np.int32)
+
+
+def thermometer(params: WeightlessBlockParams, q: np.ndarray) -> np.ndarray:
+    """Spec 3.2: int32 `[M, D_in]` -> uint8 bits `[M, D_in * T]`, bit `i*T + t` = `q_i > thr[i, t]`."""
+    return (q[:, :, None] > params.thresholds[None, :, :]).reshape(q.shape[0], q.shape[1] * params.thresholds_per_feature).astype(np.uint8)
+
+
+def lut_layers(params: WeightlessBlockParams, bits: np.ndarray) -> np.ndarray:
+    """Spec 3.3: thermometer bits `[M, N_0]` -> last layer's bits `[M, L_{K-1}]`."""
+    table_bits = params.table_bits()
+    weights = (1 << np.arange(params.lut_inputs, dtype=np.int64))
+    for k in range(params.num_layers):
+        rows = params.layer_rows(k)
+        mapping = params.mapping[rows]  # [L_k, n]
+        address = (bits[:, mapping].astype(np.int64) * weights).sum(axis=-1)  # [M, L_k], LSB first
+        bits = table_bits[rows][np.arange(mapping.shape[0])[None, :], address]
+    return bits
+
+
+def conditional_sum(params: WeightlessBlockParams, bits: np.ndarray) -> np.ndarray:
+    """Spec 3.4: last-layer bits `[M, D_out * G]` -> int32 accumulators `[M, D_out]` (additions only)."""
+    grouped = bits.reshape(bits.shape[0], params.out_features, params.group_size).astype(bool)
+    values = params.encoded_values.reshape(params.out_features, params.group_size).astype(np.int64)
+    acc = np.where(grouped, values[None], 0).sum(axis=-1) + params.bias.astype(np.int64)
+    return acc.astype(np.int32)
+
+
+def dequantize(params: WeightlessBlockParams, acc: np.ndarray) -> np.ndarray:
+    """Spec 3.5: int32 -> binary32 (nearest even), then one binary32 multiplication per output."""
+    with np.errstate(over="ignore"):
+        return acc.astype(np.float32) * params.output_scale
+
+
+def integer_core(params: WeightlessBlockParams, q: np.ndarray) -> np.ndarray:
+    """Quantized inputs `[M, D_in]` -> accumulators `[M, D_out]`: what the hardware computes."""
+    return conditional_sum(params, lut_layers(params, thermometer(params, q)))
+
+
+def evaluate(params: WeightlessBlockParams, x: np.ndarray) -> np.ndarray:
+    """`Y = WeightlessBlock(X)` for float32 `X` of shape `[..., D_in]`; returns float32 `[..., D_out]`."""
+    x = check_input(params, x)
+    lead = x.shape[:-1]
+    q = quantize_inputs(params, x.reshape(-1, params.in_features))
+    y = dequantize(params, integer_core(params, q))
+    return y.reshape(*lead, params.out_features)
+
+
+def check_input(params: WeightlessBlockParams, x: np.ndarray) -> np.ndarray:
+    """`X` must be float32 with last axis `D_in` (spec section 5, checked per call)."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        got = f"{x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise WeightlessBlockError("X", f"must be a float32 array, got {got}", node=params.node)
+    if x.ndim < 1 or x.shape[-1] != params.in_features:
+        raise WeightlessBlockError(
+            "X", f"last axis must be in_features={params.in_features}, got shape {list(x.shape)}", node=params.node
+        )
+    return x
