@@ -16,11 +16,17 @@ _DOC = "LUT network replacing an MLP; see docs/weightless_block.md (spec revisio
 _TYPE_NAMES = {"float32": "tensor(float)", "int32": "tensor(int32)", "uint64": "tensor(uint64)"}
 
 
+def _node_name(ctx) -> str:
+    """onnx displays nodes as `node OP[DOMAIN] (NAME)`; the error names just NAME."""
+    shown = ctx.get_display_name()
+    return shown[shown.rfind("(") + 1 : -1] if shown.endswith(")") and "(" in shown else shown
+
+
 def _infer(ctx) -> None:
     x_type = ctx.get_input_type(0)
     out_attr = ctx.get_attribute("out_features")
     if out_attr is None:
-        raise WeightlessBlockError("out_features", "attribute is missing", node=ctx.get_display_name())
+        raise WeightlessBlockError("out_features", "attribute is missing", node=_node_name(ctx))
     out_features = helper.get_attribute_value(out_attr)
     if x_type is None or not x_type.HasField("tensor_type"):
         return
@@ -28,7 +34,7 @@ def _infer(ctx) -> None:
         raise WeightlessBlockError(
             "X",
             f"must be float32, got {helper.tensor_dtype_to_np_dtype(x_type.tensor_type.elem_type)}",
-            node=ctx.get_display_name(),
+            node=_node_name(ctx),
         )
     out = onnx.TypeProto()
     out.tensor_type.elem_type = TensorProto.FLOAT
