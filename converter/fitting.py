@@ -7,11 +7,14 @@ The better of the two on held-out pairs is returned, so training never makes a f
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from quweit.custom_ops.closed_form import closed_form_params
+from quweit.custom_ops.closed_form import closed_form_params, quantize_values, solve_values
 from quweit.custom_ops.config import BlockConfig
 from quweit.custom_ops.params import WeightlessBlockParams
+from quweit.custom_ops.reference import evaluate
 
 #: Pairs used by the closed form (it holds all thermometer bits in memory).
 CLOSED_FORM_SAMPLES = 20000
@@ -55,9 +58,91 @@ def fit_block(
     params = closed_form_params(x[subset], y[subset], config, seed=seed)
     if not (budget_seconds or max_steps):
         return params
-    from .block_training import train_block
-
     return train_block(
         params, x, y, budget_seconds=budget_seconds, max_steps=max_steps, seed=seed, progress=progress,
         **train_options,
     )
+
+
+def holdout_error(params: WeightlessBlockParams, x: np.ndarray, y: np.ndarray) -> float:
+    """Mean over output dimensions of the fraction of variance left unexplained (exact op semantics)."""
+    residual = evaluate(params, x).astype(np.float64) - y
+    return float(((residual**2).mean(0) / np.maximum(y.var(0), 1e-12)).mean())
+
+
+def refit_values(params: WeightlessBlockParams, x: np.ndarray, y: np.ndarray) -> WeightlessBlockParams:
+    """Same tables and mapping; encoded values, biases and output scales re-solved by least squares."""
+    from quweit.custom_ops.reference import lut_layers, quantize_inputs, thermometer
+
+    bits = lut_layers(params, thermometer(params, quantize_inputs(params, x)))
+    values, bias = solve_values(bits, y, params.group_size)
+    v, b, scale = quantize_values(values, bias, params.group_size, value_bits=16)
+    return params.replace(encoded_values=v, bias=b, output_scale=scale)
+
+
+def train_block(
+    params: WeightlessBlockParams,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    budget_seconds: float | None = None,
+    max_steps: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    batch_size: int = 1024,
+    lr: float = 1e-2,
+    value_lr: float = 1e-2,
+    candidates: int = 1,
+    holdout: float = 0.1,
+) -> WeightlessBlockParams:
+    """EFD training of `params` on `(x, y)`, then a least-squares refit of the values; best on held-out pairs.
+
+    Loss: mean squared error of each output dimension divided by that dimension's variance, so
+    dimensions of small spread count as much as outliers (MLP outputs span orders of magnitude).
+    `value_lr` is relative to each output's standard deviation.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from quweit.custom_ops.torch_block import WeightlessBlock
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    n_hold = max(1, int(len(x) * holdout)) if len(x) > 1 else 0
+    hold, train = order[:n_hold], order[n_hold:] if n_hold < len(x) else order
+    x_hold, y_hold = (x[hold], y[hold]) if n_hold else (x, y)
+    x_train = torch.from_numpy(np.ascontiguousarray(x[train]))
+    y_train = torch.from_numpy(np.ascontiguousarray(y[train]))
+    std = torch.from_numpy(np.maximum(y[train].std(0), 1e-6).astype(np.float32))
+
+    torch.manual_seed(seed)
+    module = WeightlessBlock.from_params(params, candidates=candidates, seed=seed).train()
+    mean_std = float(std.mean())
+    optimizer = torch.optim.Adam([
+        {"params": list(module.tables) + list(module.mapping_weights), "lr": lr},
+        {"params": [module.encoded_values, module.bias], "lr": value_lr * mean_std},
+    ])
+    generator = torch.Generator().manual_seed(seed)
+    start = time.monotonic()
+    limit = max_steps if max_steps else None
+    bar = tqdm(total=limit, desc=f"fit {params.node or 'block'}", disable=not progress, unit="step")
+    step = 0
+    while (limit is None or step < limit) and (
+        budget_seconds is None or time.monotonic() - start < budget_seconds
+    ):
+        batch = torch.randint(len(x_train), (min(batch_size, len(x_train)),), generator=generator)
+        prediction = module(x_train[batch])
+        loss = (((prediction - y_train[batch]) / std) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        module.clamp_tables_()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+
+    trained = module.to_params(node=params.node)
+    candidates_found = [params, trained, refit_values(trained, x[train][: CLOSED_FORM_SAMPLES], y[train][: CLOSED_FORM_SAMPLES])]
+    errors = [holdout_error(p, x_hold, y_hold) for p in candidates_found]
+    return candidates_found[int(np.argmin(errors))]
