@@ -42,7 +42,7 @@ class SelectBits(torch.autograd.Function):
             grad_bits = torch.zeros_like(bits)
             if ctx.has_weights:
                 spread = torch.softmax(weights / ctx.tau, dim=1)  # [S, C]
-                contrib = (grad[:, :, None] * spread[None]).reshape(grad.shape[0], -1)
+                contrib = (grad[:, :, None] * spread[None]).reshape(grad.shape[0], candidates.numel())
                 grad_bits.index_add_(1, candidates.reshape(-1), contrib)
             else:
                 grad_bits.index_add_(1, index, grad)

@@ -38,7 +38,7 @@ class Thermometer(torch.autograd.Function):
         q = quantize_torch(x, scale, qmin, qmax)
         bits = (q[:, :, None] > thresholds[None]).to(x.dtype)
         ctx.save_for_backward(p, scale, thresholds, width)
-        return bits.reshape(x.shape[0], -1)
+        return bits.reshape(x.shape[0], x.shape[1] * thresholds.shape[1])
 
     @staticmethod
     def backward(ctx, grad):
@@ -182,7 +182,7 @@ class WeightlessBlock(nn.Module):
         bits = Thermometer.apply(x, self.input_scale, self.thresholds, self.surrogate_width, self.qmin, self.qmax)
         for k, table in enumerate(self.tables):
             slot_bits = select_bits(bits, self.candidates(k), self._weights(k), self.tau)
-            bits = lut_layer(slot_bits.reshape(x.shape[0], -1, self.lut_inputs), table)
+            bits = lut_layer(slot_bits.reshape(x.shape[0], table.shape[0], self.lut_inputs), table)
         unit_v = self.value_unit.repeat_interleave(self.group_size)
         values = _round_ste(self.encoded_values / unit_v)
         bias = _round_ste(self.bias / self.value_unit)
@@ -193,7 +193,7 @@ class WeightlessBlock(nn.Module):
     @torch.no_grad()
     def _exact_forward(self, x: torch.Tensor) -> torch.Tensor:
         q = quantize_torch(x, self.input_scale, self.qmin, self.qmax)
-        bits = (q[:, :, None] > self.thresholds[None]).reshape(x.shape[0], -1)
+        bits = (q[:, :, None] > self.thresholds[None]).reshape(x.shape[0], self.thresholds.numel())
         shifts = torch.arange(self.lut_inputs)
         for k, table in enumerate(self.tables):
             mapping = self.mapping(k)
