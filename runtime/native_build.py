@@ -1,0 +1,111 @@
+"""Build the onnxruntime custom-op library `libquweit_ort.so` from runtime/src with the system's g++.
+
+One description of the build, used by setup.py (`pip install .` / `pip install -e .`) and by the
+sanitizer test (`build_library(..., sanitize="address")`). Standard library only: setup.py loads this
+file before any dependency is installed.
+
+The shipped build targets the generic x86-64 baseline; only tile_eval_avx2.cc and tile_eval_avx512.cc
+are compiled with wider instruction sets, and the kernel picks among them at run time (never
+-march=native). FMA contraction is off everywhere: the op's arithmetic must round exactly as specified.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+
+LIBRARY_NAME = "libquweit_ort.so"
+SOURCE_DIR = Path(__file__).resolve().parent / "src"
+VENDORED_INCLUDE = Path(__file__).resolve().parent / "third_party" / "onnxruntime" / "include"
+SOURCES = ("custom_op.cc", "block_params.cc", "tile_eval_generic.cc", "tile_eval_avx2.cc", "tile_eval_avx512.cc")
+ISA_FLAGS = {
+    "tile_eval_avx2.cc": ["-mavx2"],
+    "tile_eval_avx512.cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
+}
+COMMON_FLAGS = [
+    "-std=c++17", "-fPIC", "-fvisibility=hidden", "-march=x86-64", "-mtune=generic",
+    "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wextra", "-Wno-psabi",
+]
+OPTIMIZE = {None: ["-O3", "-DNDEBUG"], "address": ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]}
+LINK = {
+    # Static libstdc++: the library must not depend on the user's C++ runtime version; -z defs proves
+    # that nothing (no onnxruntime symbol in particular) is left to resolve at load time.
+    None: ["-shared", "-static-libstdc++", "-static-libgcc", "-Wl,-z,defs", "-Wl,-O1",
+           f"-Wl,--version-script={SOURCE_DIR / 'exports.map'}"],
+    "address": ["-shared", "-fsanitize=address"],
+}
+HEADER = "onnxruntime_lite_custom_op.h"
+
+
+class NativeBuildError(RuntimeError):
+    """The library could not be built; the message says which step and why."""
+
+
+def include_dir() -> Path:
+    """onnxruntime API headers: $QUWEIT_ORT_INCLUDE_DIR if set, else the vendored copy (API 21)."""
+    chosen = os.environ.get("QUWEIT_ORT_INCLUDE_DIR")
+    path = Path(chosen) if chosen else VENDORED_INCLUDE
+    if not (path / HEADER).is_file():
+        source = "QUWEIT_ORT_INCLUDE_DIR" if chosen else "the vendored headers"
+        raise NativeBuildError(
+            f"{source}: {path} has no {HEADER}; point QUWEIT_ORT_INCLUDE_DIR at an onnxruntime include "
+            "folder (>= 1.21) or run runtime/third_party/fetch_onnxruntime_headers.sh"
+        )
+    return path
+
+
+def _compiler() -> list[str]:
+    return shlex.split(os.environ.get("CXX", "g++"))
+
+
+def _run(command: list[str], step: str) -> None:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NativeBuildError(f"{step} failed ({shlex.join(command)}):\n{result.stderr[-4000:]}")
+
+
+def build_library(output: Path, *, sanitize: str | None = None, jobs: int | None = None) -> Path:
+    """Compile and link the library to `output` (written atomically); returns `output`."""
+    if sanitize not in OPTIMIZE:
+        raise NativeBuildError(f"sanitize must be one of {sorted(k for k in OPTIMIZE if k)} or None, got {sanitize!r}")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cxx = _compiler()
+    flags = COMMON_FLAGS + OPTIMIZE[sanitize] + [f"-I{include_dir()}", f"-I{SOURCE_DIR}"]
+    with tempfile.TemporaryDirectory(prefix="quweit-build-") as tmp:
+        objects = [Path(tmp) / (name + ".o") for name in SOURCES]
+
+        def compile_one(name: str, obj: Path) -> None:
+            command = cxx + flags + ISA_FLAGS.get(name, []) + ["-c", str(SOURCE_DIR / name), "-o", str(obj)]
+            _run(command, f"compiling {name}")
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+            for future in [pool.submit(compile_one, n, o) for n, o in zip(SOURCES, objects)]:
+                future.result()
+        partial = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+        try:
+            _run(cxx + OPTIMIZE[sanitize] + [str(o) for o in objects] + LINK[sanitize] + ["-o", str(partial)], "linking")
+            os.replace(partial, output)
+        finally:
+            partial.unlink(missing_ok=True)
+    return output
+
+
+def main() -> None:
+    """`python runtime/native_build.py OUTPUT [address]`: build by hand (debugging, CI)."""
+    import sys
+
+    if len(sys.argv) not in (2, 3):
+        raise SystemExit("usage: native_build.py OUTPUT.so [address]")
+    try:
+        print(build_library(Path(sys.argv[1]), sanitize=sys.argv[2] if len(sys.argv) == 3 else None))
+    except NativeBuildError as error:
+        raise SystemExit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

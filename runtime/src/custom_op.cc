@@ -1,0 +1,178 @@
+// The onnxruntime custom op `quweit::WeightlessBlock` v1 (CPU), on the Lite custom-op API.
+// Kernel creation validates the node once (block_params.cc) and picks the widest instruction set the
+// CPU has; Compute splits the tokens into bit-sliced tiles and hands them to onnxruntime's own intra-op
+// thread pool (KernelContext::ParallelFor), so the op never runs threads of its own.
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "block_params.h"
+#include "block_plan.h"
+#include "ort_api.h"
+#include "onnxruntime_lite_custom_op.h"
+
+namespace quweit {
+namespace {
+
+using Ort::Custom::Tensor;
+
+// The instruction set to use: QUWEIT_ISA=generic|avx2|avx512 forces one (tests cover every path the
+// machine has); otherwise the widest one this CPU supports.
+const IsaKernels& select_isa(const std::string& node) {
+  const char* forced = std::getenv("QUWEIT_ISA");
+  const bool has_avx2 = __builtin_cpu_supports("avx2");
+  const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  if (forced && *forced) {
+    const std::string want = forced;
+    if (want == "generic") return generic_kernels();
+    if (want == "avx2" && has_avx2) return avx2_kernels();
+    if (want == "avx512" && has_avx512) return avx512_kernels();
+    throw BlockError(node, "QUWEIT_ISA", "'" + want + "' is unknown or not supported by this CPU (generic, avx2, avx512)");
+  }
+  if (has_avx512) return avx512_kernels();
+  if (has_avx2) return avx2_kernels();
+  return generic_kernels();
+}
+
+// Tile width in 64-token words: the widest of 1, 2, 4, 8 that still leaves two tiles (so two threads
+// share the work); one word for small inputs.
+int tile_words(int64_t tokens) {
+  int words = 8;
+  while (words > 1 && tokens < 2 * 64 * words) words /= 2;
+  return words;
+}
+
+// Per-thread scratch, grown on demand and kept between calls (no allocation in the steady state).
+void* thread_scratch(size_t bytes) {
+  thread_local std::unique_ptr<unsigned char[]> buffer;
+  thread_local size_t capacity = 0;
+  if (capacity < bytes) {
+    buffer.reset(new unsigned char[bytes]);
+    capacity = bytes;
+  }
+  return buffer.get();
+}
+
+struct TileJob {
+  const BlockPlan* plan;
+  TileFn tile;
+  const float* x;
+  float* y;
+  int64_t tokens;
+  int64_t tile_tokens;
+  size_t scratch_bytes;
+};
+
+void run_tile(void* data, size_t index) {
+  const TileJob& job = *static_cast<const TileJob*>(data);
+  const int64_t begin = static_cast<int64_t>(index) * job.tile_tokens;
+  const int64_t count = job.tokens - begin < job.tile_tokens ? job.tokens - begin : job.tile_tokens;
+  job.tile(*job.plan, job.x, job.y, begin, count, thread_scratch(job.scratch_bytes));
+}
+
+}  // namespace
+
+struct WeightlessBlockKernel {
+  WeightlessBlockKernel(const OrtApi* /*api*/, const OrtKernelInfo* info)
+      : params_(read_block_params(Ort::ConstKernelInfo{info})),
+        plan_(params_.plan()),
+        isa_(select_isa(params_.node)) {}
+
+  // The parameter inputs were read and validated at kernel creation; they are constants.
+  Ort::Status Compute(OrtKernelContext* context, const Tensor<float>& x, const Tensor<float>&, const Tensor<int32_t>&,
+                      const Tensor<int32_t>&, const Tensor<uint64_t>&, const Tensor<int32_t>&,
+                      const Tensor<int32_t>&, const Tensor<float>&, Tensor<float>& y) {
+    try {
+      std::vector<int64_t> shape = x.Shape();
+      if (shape.empty() || shape.back() != plan_.in_features) {
+        std::string text = "[";
+        for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+        throw BlockError(params_.node, "X",
+                         "last axis must be in_features=" + std::to_string(plan_.in_features) + ", got shape " + text + "]");
+      }
+      int64_t tokens = 1;
+      for (size_t i = 0; i + 1 < shape.size(); ++i) tokens *= shape[i];
+      shape.back() = plan_.out_features;
+      float* out = y.Allocate(shape);
+      if (tokens == 0) return Ort::Status{nullptr};
+      const int words = tile_words(tokens);
+      TileJob job{&plan_, isa_.tile[words == 1 ? 0 : words == 2 ? 1 : words == 4 ? 2 : 3], x.Data(), out, tokens,
+                  64 * static_cast<int64_t>(words), tile_scratch_bytes(plan_, words)};
+      const size_t tiles = static_cast<size_t>((tokens + job.tile_tokens - 1) / job.tile_tokens);
+      if (tiles == 1) {
+        run_tile(&job, 0);
+      } else {
+        Ort::KernelContext(context).ParallelFor(&run_tile, tiles, 0, &job);
+      }
+      return Ort::Status{nullptr};
+    } catch (const BlockError& error) {
+      return Ort::Status(error.what(), ORT_INVALID_ARGUMENT);
+    } catch (const std::bad_alloc&) {
+      return Ort::Status(("WeightlessBlock node '" + params_.node + "': out of memory").c_str(), ORT_FAIL);
+    } catch (const std::exception& error) {
+      return Ort::Status(error.what(), ORT_FAIL);
+    }
+  }
+
+ private:
+  BlockParams params_;
+  BlockPlan plan_;
+  const IsaKernels& isa_;
+};
+
+// The Lite op, with kernel creation reporting errors as statuses (CreateKernelV2) instead of letting a
+// C++ exception cross into onnxruntime: a bad parameter fails session creation with its message.
+struct WeightlessBlockOp : Ort::Custom::OrtLiteCustomStruct<WeightlessBlockKernel> {
+  using Base = Ort::Custom::OrtLiteCustomStruct<WeightlessBlockKernel>;
+
+  WeightlessBlockOp() : Base("WeightlessBlock", "CPUExecutionProvider") {
+    OrtCustomOp::CreateKernel = nullptr;
+    OrtCustomOp::CreateKernelV2 = [](const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
+                                     void** kernel) -> OrtStatusPtr {
+      try {
+        auto created = std::make_unique<Base::Kernel>();
+        Ort::ThrowOnError(api->KernelInfo_GetInputCount(info, &created->num_input_));
+        Ort::ThrowOnError(api->KernelInfo_GetOutputCount(info, &created->num_output_));
+        created->custom_op_ = std::make_unique<WeightlessBlockKernel>(api, info);
+        created->ep_ = static_cast<const WeightlessBlockOp*>(op)->execution_provider_;
+        *kernel = created.release();
+        return nullptr;
+      } catch (const BlockError& error) {
+        return api->CreateStatus(ORT_INVALID_ARGUMENT, error.what());
+      } catch (const std::exception& error) {
+        return api->CreateStatus(ORT_FAIL, error.what());
+      }
+    };
+  }
+};
+
+}  // namespace quweit
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) {
+    const OrtApi* oldest = api_base->GetApi(1);
+    std::string text = std::string("quweit kernel needs onnxruntime >= 1.") + std::to_string(ORT_API_VERSION) +
+                       " (API " + std::to_string(ORT_API_VERSION) + "), this is " + api_base->GetVersionString();
+    return oldest ? oldest->CreateStatus(ORT_FAIL, text.c_str()) : nullptr;
+  }
+  Ort::InitApi(api);
+  try {
+    // Intentionally never freed: sessions may outlive any scope here and the library stays loaded for
+    // the life of the process, so the op and its domain live as long as the process.
+    static quweit::WeightlessBlockOp* op = new quweit::WeightlessBlockOp();
+    static OrtCustomOpDomain* domain = [] {
+      OrtCustomOpDomain* created = nullptr;
+      Ort::ThrowOnError(Ort::GetApi().CreateCustomOpDomain("quweit", &created));
+      Ort::ThrowOnError(Ort::GetApi().CustomOpDomain_Add(created, op));
+      return created;
+    }();
+    return api->AddCustomOpDomain(options, domain);
+  } catch (const std::exception& error) {
+    return api->CreateStatus(ORT_FAIL, error.what());
+  }
+}

@@ -1,0 +1,28 @@
+// Tile evaluators compiled for AVX-512 F+BW (this file only is built with those flags); chosen at run time.
+#include <immintrin.h>
+
+#include "block_plan.h"
+
+#define QUWEIT_ISA avx512
+
+namespace quweit {
+namespace avx512 {
+inline __attribute__((always_inline)) uint64_t gt_mask64(const int16_t* q, int16_t threshold) {
+  const __m512i t = _mm512_set1_epi16(threshold);
+  const uint64_t lo = _mm512_cmpgt_epi16_mask(_mm512_loadu_si512(q), t);
+  const uint64_t hi = _mm512_cmpgt_epi16_mask(_mm512_loadu_si512(q + 32), t);
+  return lo | (hi << 32);
+}
+}  // namespace avx512
+}  // namespace quweit
+
+#include "tile_eval_impl.h"
+
+namespace quweit {
+const IsaKernels& avx512_kernels() {
+  static const IsaKernels kernels = {
+      "avx512",
+      {&avx512::evaluate_tile<1>, &avx512::evaluate_tile<2>, &avx512::evaluate_tile<4>, &avx512::evaluate_tile<8>}};
+  return kernels;
+}
+}  // namespace quweit

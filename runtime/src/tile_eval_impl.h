@@ -1,0 +1,210 @@
+// Bit-sliced evaluation of one tile of tokens; included once per instruction set by tile_eval_<isa>.cc,
+// which compiles it with that ISA's flags and provides `gt_mask64` and the namespace QUWEIT_ISA.
+//
+// Layout (why it is fast): a tile holds 64*K tokens; every thermometer bit and every LUT output bit is a
+// "bit plane" of K uint64 words whose bit m belongs to token m. One LUT is then evaluated for all tokens
+// of the tile at once with bitwise operations on its n input planes (a mux tree over its INIT word),
+// independent of the token count; conditional sums add encoded values under per-token bit masks into
+// int32 accumulators. No standard-library templates here: this code is compiled once per ISA.
+#ifndef QUWEIT_ISA
+#error "define QUWEIT_ISA before including tile_eval_impl.h"
+#endif
+
+#include "block_plan.h"
+
+namespace quweit {
+namespace QUWEIT_ISA {
+
+template <int K>
+struct Plane {
+  typedef uint64_t type __attribute__((vector_size(8 * K), may_alias));
+};
+template <>
+struct Plane<1> {
+  typedef uint64_t __attribute__((may_alias)) type;
+};
+
+typedef int32_t Lanes16 __attribute__((vector_size(64), may_alias));
+typedef float Floats16 __attribute__((vector_size(64), may_alias));
+
+#define QUWEIT_INLINE inline __attribute__((always_inline))
+
+template <typename T>
+QUWEIT_INLINE T* align64(T* p) {
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~static_cast<uintptr_t>(63));
+}
+
+// Spec 3.1 for one element: NaN -> 0, clamp, round half to even (exact via the 1.5 * 2^23 trick, since
+// |value| <= 2^15 after clamping), one binary32 multiplication (the build disables FMA contraction).
+QUWEIT_INLINE int16_t quantize(float x, float scale, float qmin, float qmax) {
+  float p = x * scale;
+  p = (p == p) ? p : 0.0f;
+  p = p < qmin ? qmin : p;
+  p = p > qmax ? qmax : p;
+  const float magic = 12582912.0f;
+  return static_cast<int16_t>(static_cast<int32_t>((p + magic) - magic));
+}
+
+// Spec 3.1 + 3.2: quantize the tile's tokens feature block by feature block (transposed, token-minor)
+// and write one bit plane per (feature, threshold): bit m = q[m] > threshold.
+template <int K>
+QUWEIT_INLINE void encode_thermometer(const BlockPlan& plan, const float* x, int64_t begin, int64_t count,
+                                      uint64_t* planes, int16_t* qt) {
+  constexpr int kTokens = 64 * K;
+  const int d_in = plan.in_features;
+  const int t_per = plan.thresholds_per_feature;
+  for (int i0 = 0; i0 < d_in; i0 += kFeatureBlock) {
+    const int nb = d_in - i0 < kFeatureBlock ? d_in - i0 : kFeatureBlock;
+    const float* scale = plan.input_scale + i0;
+    for (int64_t m = 0; m < count; ++m) {
+      const float* row = x + (begin + m) * static_cast<int64_t>(d_in) + i0;
+      for (int ii = 0; ii < nb; ++ii) qt[ii * kTokens + m] = quantize(row[ii], scale[ii], plan.qmin, plan.qmax);
+    }
+    for (int ii = 0; ii < nb; ++ii)
+      for (int64_t m = count; m < kTokens; ++m) qt[ii * kTokens + m] = 0;  // padding tokens: any value
+    for (int ii = 0; ii < nb; ++ii) {
+      const int i = i0 + ii;
+      const int16_t* q = qt + ii * kTokens;
+      for (int t = 0; t < t_per; ++t) {
+        const int16_t threshold = plan.thresholds[i * t_per + t];
+        uint64_t* plane = planes + static_cast<int64_t>(i * t_per + t) * K;
+        for (int w = 0; w < K; ++w) plane[w] = gt_mask64(q + 64 * w, threshold);
+      }
+    }
+  }
+}
+
+// One LUT of N inputs over bit planes (spec 3.3): address bit l = plane of mapping slot l.
+// The two lowest address bits select among the 16 functions of (a0, a1), built once per LUT; each INIT
+// nibble then picks its function, and the higher address bits reduce the leaves four (or two) at a time.
+template <int K, int N>
+QUWEIT_INLINE typename Plane<K>::type eval_lut(const uint64_t* in, const int32_t* map, const uint64_t* table) {
+  typedef typename Plane<K>::type V;
+  V a[N];
+  for (int l = 0; l < N; ++l) a[l] = *reinterpret_cast<const V*>(in + static_cast<int64_t>(map[l]) * K);
+  const V zero = a[0] ^ a[0];
+  if constexpr (N == 1) {
+    const V lo = (table[0] & 1) ? ~zero : zero;
+    const V hi = (table[0] & 2) ? ~zero : zero;
+    return (lo & ~a[0]) | (hi & a[0]);
+  }
+  else {
+  const V na0 = ~a[0], na1 = ~a[1];
+  V f[16];
+  f[0] = zero;
+  f[1] = na1 & na0;
+  f[2] = na1 & a[0];
+  f[4] = a[1] & na0;
+  f[8] = a[1] & a[0];
+  f[3] = f[1] | f[2];
+  f[5] = f[1] | f[4];
+  f[6] = f[2] | f[4];
+  f[7] = f[3] | f[4];
+  f[9] = f[1] | f[8];
+  f[10] = f[2] | f[8];
+  f[11] = f[3] | f[8];
+  f[12] = f[4] | f[8];
+  f[13] = f[5] | f[8];
+  f[14] = f[6] | f[8];
+  f[15] = ~zero;
+  constexpr int kLeaves = 1 << (N - 2);
+  V leaf[kLeaves];
+  for (int j = 0; j < kLeaves; ++j) leaf[j] = f[(table[j >> 4] >> ((j & 15) * 4)) & 15];
+  int count = kLeaves;
+  int level = 2;
+  for (; N - level >= 2; level += 2) {
+    const V s0 = a[level], s1 = a[level + 1], n0 = ~s0, n1 = ~s1;
+    const V m0 = n1 & n0, m1 = n1 & s0, m2 = s1 & n0, m3 = s1 & s0;
+    for (int j = 0; j < count / 4; ++j)
+      leaf[j] = (leaf[4 * j] & m0) | (leaf[4 * j + 1] & m1) | (leaf[4 * j + 2] & m2) | (leaf[4 * j + 3] & m3);
+    count /= 4;
+  }
+  if (N - level == 1) leaf[0] = (leaf[0] & ~a[level]) | (leaf[1] & a[level]);
+  return leaf[0];
+  }
+}
+
+template <int K, int N>
+QUWEIT_INLINE void eval_layer_n(const BlockPlan& plan, int k, const uint64_t* in, uint64_t* out) {
+  typedef typename Plane<K>::type V;
+  const int64_t first = plan.layer_offsets[k];
+  const int size = plan.layer_sizes[k];
+  const int words = plan.words_per_table;
+  for (int j = 0; j < size; ++j) {
+    const int64_t r = first + j;
+    *reinterpret_cast<V*>(out + static_cast<int64_t>(j) * K) =
+        eval_lut<K, N>(in, plan.mapping + r * N, plan.tables + r * words);
+  }
+}
+
+template <int K>
+QUWEIT_INLINE void eval_layer(const BlockPlan& plan, int k, const uint64_t* in, uint64_t* out) {
+  switch (plan.lut_inputs) {
+    case 1: return eval_layer_n<K, 1>(plan, k, in, out);
+    case 2: return eval_layer_n<K, 2>(plan, k, in, out);
+    case 3: return eval_layer_n<K, 3>(plan, k, in, out);
+    case 4: return eval_layer_n<K, 4>(plan, k, in, out);
+    case 5: return eval_layer_n<K, 5>(plan, k, in, out);
+    case 6: return eval_layer_n<K, 6>(plan, k, in, out);
+    case 7: return eval_layer_n<K, 7>(plan, k, in, out);
+    default: return eval_layer_n<K, 8>(plan, k, in, out);
+  }
+}
+
+// Spec 3.4 + 3.5 for a block of outputs: per 16 tokens, acc = bias + sum of encoded values whose LUT
+// bit is set (a lane mask from 16 bits of the plane), then fl32(acc) * output_scale into the staging
+// buffer yt[output][token]; finally rows of Y are written contiguously.
+template <int K>
+QUWEIT_INLINE void sum_and_store(const BlockPlan& plan, const uint64_t* bits, float* y, int64_t begin,
+                                 int64_t count, float* yt) {
+  constexpr int kTokens = 64 * K;
+  const Lanes16 lane_bit = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+  const int d_out = plan.out_features;
+  const int g_size = plan.group_size;
+  const int chunks = static_cast<int>((count + 15) / 16);
+  for (int o0 = 0; o0 < d_out; o0 += kOutputBlock) {
+    const int ob = d_out - o0 < kOutputBlock ? d_out - o0 : kOutputBlock;
+    for (int oo = 0; oo < ob; ++oo) {
+      const int o = o0 + oo;
+      const uint64_t* group = bits + static_cast<int64_t>(o) * g_size * K;
+      const int32_t* values = plan.encoded_values + static_cast<int64_t>(o) * g_size;
+      const float scale = plan.output_scale[o];
+      for (int c = 0; c < chunks; ++c) {
+        Lanes16 acc = lane_bit * 0 + plan.bias[o];
+        for (int g = 0; g < g_size; ++g) {
+          const int32_t sixteen = static_cast<int32_t>((group[g * K + (c >> 2)] >> ((c & 3) * 16)) & 0xFFFF);
+          const Lanes16 mask = (lane_bit & sixteen) != 0;
+          acc += mask & values[g];
+        }
+        *reinterpret_cast<Floats16*>(yt + oo * kTokens + c * 16) = __builtin_convertvector(acc, Floats16) * scale;
+      }
+    }
+    for (int64_t m = 0; m < count; ++m) {
+      float* row = y + (begin + m) * static_cast<int64_t>(d_out) + o0;
+      for (int oo = 0; oo < ob; ++oo) row[oo] = yt[oo * kTokens + m];
+    }
+  }
+}
+
+template <int K>
+void evaluate_tile(const BlockPlan& plan, const float* x, float* y, int64_t begin, int64_t count, void* scratch) {
+  constexpr int kTokens = 64 * K;
+  const int64_t plane_words = static_cast<int64_t>(plan.max_layer_bits) * K;
+  uint64_t* buffer_a = align64(static_cast<uint64_t*>(scratch));
+  uint64_t* buffer_b = align64(buffer_a + plane_words);
+  int16_t* qt = align64(reinterpret_cast<int16_t*>(buffer_b + plane_words));
+  float* yt = align64(reinterpret_cast<float*>(qt + kFeatureBlock * kTokens));
+  encode_thermometer<K>(plan, x, begin, count, buffer_a, qt);
+  uint64_t* in = buffer_a;
+  uint64_t* out = buffer_b;
+  for (int k = 0; k < plan.num_layers; ++k) {
+    eval_layer<K>(plan, k, in, out);
+    uint64_t* swap = in;
+    in = out;
+    out = swap;
+  }
+  sum_and_store<K>(plan, in, y, begin, count, yt);
+}
+
+}  // namespace QUWEIT_ISA
+}  // namespace quweit
