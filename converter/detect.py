@@ -1,0 +1,125 @@
+"""Find the MLPs of a model and rewrite chosen ones into `WeightlessBlock` nodes (onnxscript rewriter).
+
+The model is first put into the form the rules expect (`prepare`: opset >= 18, `onnxscript.optimizer`
+folds the dynamo exporter's weight Transposes and constant scalars). Detection and rewriting run the
+same rule set; detection's callback records and declines, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx
+import onnx_ir as ir
+import onnxscript.optimizer
+
+from quweit.custom_ops import WeightlessBlockParams, attach_decomposition
+
+from .mlp import MlpMatch
+from .modelio import upgrade_opset
+from .rules import activation_fusions, inline_activations, mlp_rules
+
+
+def _to_ir(model: onnx.ModelProto) -> ir.Model:
+    """An IR copy: the IR may share storage with the proto it reads, and callers' models stay untouched."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return ir.serde.deserialize_model(copy)
+
+
+def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model the converter works on: opset >= 18, optimized (constants folded), nodes named."""
+    model = upgrade_opset(model)
+    ir_model = _to_ir(model)
+    onnxscript.optimizer.optimize(ir_model)
+    ir.passes.common.NameFixPass()(ir_model)
+    return ir.serde.serialize_model(ir_model)
+
+
+@dataclasses.dataclass
+class Detection:
+    """MLPs found (graph order) and, for `--explain`, the candidates that were turned down and why."""
+
+    mlps: list[MlpMatch]
+    rejected: list[tuple[str, str]]  # (where, reason)
+
+
+class _Recorder:
+    """Decide callback: remember each MLP once (several commuted rule variants may see the same one)."""
+
+    def __init__(self, params_for=None) -> None:
+        self.params_for = params_for
+        self.found: dict[str, MlpMatch] = {}
+        self.verdicts: dict[str, WeightlessBlockParams | str] = {}
+        self.rejected: dict[str, str] = {}
+
+    def reject(self, where: str, reason: str) -> None:
+        self.rejected.setdefault(where, reason)
+
+    def __call__(self, mlp: MlpMatch):
+        self.found.setdefault(mlp.output, mlp)
+        if mlp.output not in self.verdicts:
+            self.verdicts[mlp.output] = "detection only" if self.params_for is None else self.params_for(mlp)
+        return self.verdicts[mlp.output]
+
+
+def _apply(model: onnx.ModelProto, recorder: _Recorder) -> tuple[ir.Model, int]:
+    ir_model = _to_ir(model)
+    activation_fusions().apply_to_model(ir_model)
+    count = mlp_rules(recorder).apply_to_model(ir_model)
+    inline_activations(ir_model)
+    return ir_model, count
+
+
+def find_mlps(model: onnx.ModelProto) -> Detection:
+    """Every MLP of a prepared model, in graph order, plus why other Linear layers are not MLPs."""
+    recorder = _Recorder()
+    ir_model, _ = _apply(model, recorder)
+    order = {node.name: i for i, node in enumerate(model.graph.node)}
+    mlps = sorted(recorder.found.values(), key=lambda m: min(order.get(n, 1 << 30) for n in m.nodes))
+    in_mlp = {n for m in mlps for n in m.nodes}
+    rejected = [(w, r) for w, r in recorder.rejected.items() if w not in in_mlp]
+    return Detection(mlps, rejected + _unmatched_linears(model, mlps, {w for w, _ in rejected}))
+
+
+def rewrite_mlps(model: onnx.ModelProto, params: dict[str, WeightlessBlockParams]) -> tuple[onnx.ModelProto, int]:
+    """Replace the MLPs whose output name is a key of `params` by their blocks; returns (model, count).
+
+    Each block reads the MLP's input value and writes its output value (same names), so the rest of the
+    graph, its inputs/outputs and symbolic dimensions are untouched. The result carries the block's
+    ONNX-function decomposition, so stock onnxruntime runs it.
+    """
+    recorder = _Recorder(lambda mlp: params.get(mlp.output, "not selected"))
+    ir_model, count = _apply(model, recorder)
+    onnxscript.optimizer.remove_unused_nodes(ir_model)
+    ir.passes.common.RemoveUnusedOpsetsPass()(ir_model) if hasattr(ir.passes.common, "RemoveUnusedOpsetsPass") else None
+    _name_blocks(ir_model, recorder)
+    out = ir.serde.serialize_model(ir_model)
+    return (attach_decomposition(out) if count else out), count
+
+
+def _name_blocks(ir_model: ir.Model, recorder: _Recorder) -> None:
+    for node in ir_model.graph:
+        if node.domain == "quweit" and node.outputs[0].name in recorder.found:
+            node.name = f"{node.outputs[0].name}/WeightlessBlock"
+
+
+def _unmatched_linears(model: onnx.ModelProto, mlps: list[MlpMatch], explained: set[str]) -> list[tuple[str, str]]:
+    """MatMul/Gemm nodes with a constant weight that belong to no MLP, with the node that follows them."""
+    inits = {t.name: t for t in model.graph.initializer}
+    in_mlp = {n for m in mlps for n in m.nodes}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    reasons = []
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or node.name in in_mlp or node.name in explained or len(node.input) < 2:
+            continue
+        if node.input[1] not in inits:
+            continue  # activation x activation products (attention scores) are not Linear layers
+        dims = list(inits[node.input[1]].dims)
+        after = [f"{c.op_type} '{c.name}'" for c in consumers.get(node.output[0], [])] or ["graph output"]
+        reasons.append((node.name, f"Linear {dims} is not part of Linear -> activation -> Linear "
+                                   f"(its output goes to {', '.join(after)})"))
+    return reasons

@@ -1,0 +1,23 @@
+"""Errors of the converter and the exit codes the CLI maps them to (0 converted, 2 bad input, 3 no MLP)."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_NO_MLP = 3
+
+
+class ConvertError(Exception):
+    exit_code = EXIT_BAD_INPUT
+
+
+class BadInputError(ConvertError):
+    """Bad usage or bad input: not a file, not ONNX, invalid model, unsupported opset, output exists."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class NoMlpError(ConvertError):
+    """A valid model in which no MLP was found."""
+
+    exit_code = EXIT_NO_MLP
