@@ -1,0 +1,232 @@
+"""`quweit-compile`'s pipeline: ONNX -> TVM Relax (native lowering) -> BYOC partition -> C library and
+Verilog -> testbenches on real and random vectors -> optional simulation -> report.json.
+
+Everything is built in a temporary folder beside OUTDIR and moved into place at the end, so a failure
+leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from quweit.custom_ops import WeightlessBlockError, WeightlessBlockParams, quantize_inputs, read_blocks
+
+from .errors import HwBackendError
+from .limits import check_rtl_supported
+from .rtl import RtlBlock
+from .rtl_files import simulate_block, write_testbench
+from .simulate import SimResult, require_simulator
+from .vectors import random_inputs
+
+TARGETS = ("c", "verilog", "all")
+LIBRARY = "model.so"
+VERILOG_DIR = "verilog"
+REPORT = "report.json"
+
+
+@dataclasses.dataclass
+class CompileOptions:
+    model: Path
+    outdir: Path
+    target: str = "all"
+    verify: bool = False
+    simulator: str = "icarus"
+    pipeline: bool = False
+    random_vectors: int = 1000
+    inputs: Path | None = None
+    seed: int = 0
+    force: bool = False
+
+
+@dataclasses.dataclass
+class BlockReport:
+    node: str
+    module: str | None
+    symbol: str | None
+    params: WeightlessBlockParams
+    latency: int = 0
+    real_vectors: int = 0
+    random_vectors: int = 0
+    simulation: SimResult | None = None
+
+    def as_json(self) -> dict:
+        p = self.params
+        sim = self.simulation
+        return {
+            "node": self.node, "module": self.module, "symbol": self.symbol, **p.attributes(),
+            "luts": int(sum(p.layer_sizes)), "thermometer_bits": p.in_features * p.thresholds_per_feature,
+            "latency_cycles": self.latency, "real_vectors": self.real_vectors, "random_vectors": self.random_vectors,
+            "simulation": None if sim is None else {
+                "simulator": sim.simulator, "vectors": sim.vectors, "mismatches": sim.mismatch_count,
+                "passed": sim.passed, "first_mismatches": [dataclasses.asdict(m) for m in sim.mismatches[:10]],
+            },
+        }
+
+
+def load_blocks(path: Path) -> tuple[onnx.ModelProto, list[WeightlessBlockParams]]:
+    """Read and validate the model; a model without blocks or with an invalid block is bad input."""
+    if not path.is_file():
+        raise HwBackendError(f"model file '{path}' does not exist")
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # protobuf raises DecodeError and others
+        raise HwBackendError(f"cannot read ONNX model '{path}': {err}") from err
+    try:
+        blocks = read_blocks(model)
+    except WeightlessBlockError as err:
+        raise HwBackendError(f"{path}: {err}") from err
+    if not blocks:
+        raise HwBackendError(f"model '{path}' holds no quweit::WeightlessBlock node; convert it first (quweit-convert)")
+    return model, blocks
+
+
+def check_options(opts: CompileOptions, blocks: list[WeightlessBlockParams]) -> None:
+    """Every check that can fail before any work: target, output folder, simulator, RTL limits."""
+    if opts.target not in TARGETS:
+        raise HwBackendError(f"--target must be one of {', '.join(TARGETS)}, got '{opts.target}'")
+    if opts.random_vectors < 0:
+        raise HwBackendError(f"--vectors must be >= 0, got {opts.random_vectors}")
+    if opts.outdir.exists() and (not opts.outdir.is_dir() or any(opts.outdir.iterdir())) and not opts.force:
+        raise HwBackendError(f"output folder '{opts.outdir}' exists and is not empty; pass --force to replace it")
+    if opts.inputs is not None and not opts.inputs.is_file():
+        raise HwBackendError(f"--inputs file '{opts.inputs}' does not exist")
+    if opts.target in ("verilog", "all"):
+        for params in blocks:
+            check_rtl_supported(params, params.node or "?")
+        if opts.verify:
+            require_simulator(opts.simulator)
+    elif opts.verify:
+        raise HwBackendError("--verify simulates the Verilog; use --target verilog or all")
+
+
+def build_tvm(model: onnx.ModelProto, workdir: Path, opts: CompileOptions) -> list[dict]:
+    """Import, partition, run the codegen (C and, when asked, Verilog) and export the TVM library."""
+    import tvm
+    from tvm import relax
+
+    from .codegen import MANIFEST
+    from .frontend import from_onnx
+    from .patterns import partition_for_quweit
+
+    mod = partition_for_quweit(from_onnx(model))
+    options = {"pipeline": opts.pipeline}
+    if opts.target in ("verilog", "all"):
+        options["verilog_dir"] = str(workdir / VERILOG_DIR)
+    mod = relax.transform.RunCodegen({"quweit": options})(mod)
+    if opts.target in ("c", "all"):
+        tvm.compile(mod, target="llvm").export_library(str(workdir / LIBRARY))
+    manifest = workdir / VERILOG_DIR / MANIFEST
+    return json.loads(manifest.read_text())["blocks"] if manifest.exists() else []
+
+
+def match_modules(blocks: list[WeightlessBlockParams], manifest: list[dict]) -> list[dict | None]:
+    """The codegen's entry for each ONNX block (same parameter fingerprint)."""
+    from .codegen import fingerprint
+
+    by_print: dict[str, list[dict]] = {}
+    for entry in manifest:
+        by_print.setdefault(entry["fingerprint"], []).append(entry)
+    matched = []
+    for params in blocks:
+        entries = by_print.get(fingerprint(params), [])
+        matched.append(entries.pop(0) if entries else None)
+    return matched
+
+
+def block_vectors(model, blocks, opts: CompileOptions, rng) -> list[np.ndarray]:
+    """Per block: q from real activations (onnxruntime run of the model) then random q vectors."""
+    from .capture import capture_block_inputs, synthetic_inputs
+
+    if opts.inputs is not None:
+        with np.load(opts.inputs) as data:
+            feeds = {k: data[k] for k in data.files}
+    else:
+        feeds = synthetic_inputs(model, rng)
+    activations = capture_block_inputs(model, feeds)
+    return [
+        (quantize_inputs(params, x), random_inputs(params, opts.random_vectors, rng))
+        for params, x in zip(blocks, activations)
+    ]
+
+
+def compile_model(opts: CompileOptions, *, log=print) -> tuple[dict, list[BlockReport]]:
+    """Run the whole pipeline; returns (report, blocks). Raises HwBackendError on bad input."""
+    started = time.time()
+    model, blocks = load_blocks(opts.model)
+    check_options(opts, blocks)
+    rng = np.random.default_rng(opts.seed)
+    parent = opts.outdir.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{opts.outdir.name}.", dir=parent))
+    try:
+        log(f"quweit-compile: {len(blocks)} block(s) in {opts.model}; building with TVM ...")
+        manifest = build_tvm(model, workdir, opts)
+        matched = match_modules(blocks, manifest) if manifest else [None] * len(blocks)
+        reports = []
+        for params, entry in zip(blocks, matched):
+            reports.append(BlockReport(
+                node=params.node or "?", module=entry and entry["module"], symbol=entry and entry["symbol"],
+                params=params, latency=entry["latency"] if entry else 0,
+            ))
+        if opts.target in ("verilog", "all"):
+            missing = [r.node for r in reports if r.module is None]
+            if missing:
+                raise HwBackendError(f"blocks not offloaded to the quweit codegen: {', '.join(missing)}")
+            write_benches(model, blocks, reports, workdir / VERILOG_DIR, opts, rng, log)
+        report = make_report(opts, reports, time.time() - started)
+        (workdir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        install(workdir, opts.outdir, force=opts.force)
+        return report, reports
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def write_benches(model, blocks, reports, verilog_dir: Path, opts, rng, log) -> None:
+    """Testbench and vector files per block; simulate each when --verify."""
+    vectors = block_vectors(model, blocks, opts, rng)
+    for report, (real, random) in zip(reports, vectors):
+        report.real_vectors, report.random_vectors = len(real), len(random)
+        rtl = RtlBlock(report.module, report.params, opts.pipeline, node=report.node)
+        write_testbench(rtl, np.concatenate([real, random]), verilog_dir)
+    if opts.verify:
+        for report in tqdm(reports, desc=f"simulating ({opts.simulator})", unit="block"):
+            rtl = RtlBlock(report.module, report.params, opts.pipeline, node=report.node)
+            report.simulation = simulate_block(rtl, verilog_dir, simulator=opts.simulator)
+
+
+def make_report(opts: CompileOptions, reports: list[BlockReport], seconds: float) -> dict:
+    verified = [r.simulation for r in reports if r.simulation is not None]
+    return {
+        "model": str(opts.model), "target": opts.target, "pipeline": opts.pipeline,
+        "library": LIBRARY if opts.target in ("c", "all") else None,
+        "verilog": VERILOG_DIR if opts.target in ("verilog", "all") else None,
+        "dequantization": "software: Y = float32(acc) * output_scale (the RTL outputs int32 accumulators)",
+        "verified": bool(verified) and all(s.passed for s in verified) if opts.verify else None,
+        "seconds": round(seconds, 1),
+        "blocks": [r.as_json() for r in reports],
+    }
+
+
+def install(workdir: Path, outdir: Path, *, force: bool) -> None:
+    """Move the finished build into place (atomic rename; an old folder is replaced only with --force)."""
+    os.chmod(workdir, 0o755)
+    if outdir.exists():
+        if not force and any(outdir.iterdir()):
+            raise HwBackendError(f"output folder '{outdir}' appeared while compiling; not replacing it")
+        old = outdir.with_name(f".{outdir.name}.old.{os.getpid()}")
+        os.replace(outdir, old)
+        os.replace(workdir, outdir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(workdir, outdir)
