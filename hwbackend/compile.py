@@ -109,16 +109,50 @@ def check_options(opts: CompileOptions, blocks: list[WeightlessBlockParams]) -> 
         raise HwBackendError("--verify simulates the Verilog; use --target verilog or all")
 
 
-def build_tvm(model: onnx.ModelProto, workdir: Path, opts: CompileOptions) -> list[dict]:
+def blocks_only_model(blocks: list[WeightlessBlockParams]) -> onnx.ModelProto:
+    """All blocks side by side (input `X<k>` -> output `Y<k>`, rows of D_in): what TVM compiles when its
+    ONNX importer cannot convert the rest of the model."""
+    from onnx import TensorProto, helper
+
+    from quweit.custom_ops import attach_decomposition, make_block_node
+
+    nodes, inits, inputs, outputs = [], [], [], []
+    for k, params in enumerate(blocks):
+        node, tensors = make_block_node(params, f"X{k}", f"Y{k}", prefix=f"b{k}.", name=params.node or f"block_{k}")
+        nodes.append(node)
+        inits += tensors
+        inputs.append(helper.make_tensor_value_info(f"X{k}", TensorProto.FLOAT, [f"rows{k}", params.in_features]))
+        outputs.append(helper.make_tensor_value_info(f"Y{k}", TensorProto.FLOAT, [f"rows{k}", params.out_features]))
+    graph = helper.make_graph(nodes, "quweit_blocks", inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    return attach_decomposition(model)
+
+
+def import_model(model: onnx.ModelProto, blocks: list[WeightlessBlockParams]):
+    """(Relax module, scope, reason): the whole model, or only its blocks when TVM's importer fails on
+    another op (TVM 0.27 cannot import some transformer exports; the blocks never depend on that)."""
+    from .frontend import from_onnx
+
+    try:
+        return from_onnx(model), "model", None
+    except WeightlessBlockError as err:
+        raise HwBackendError(str(err)) from err
+    except Exception as err:  # TVM's importer raises many unrelated types for unsupported graphs
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
+        return from_onnx(blocks_only_model(blocks)), "blocks", reason
+
+
+def build_tvm(model: onnx.ModelProto, blocks, workdir: Path, opts: CompileOptions) -> tuple[list[dict], dict]:
     """Import, partition, run the codegen (C and, when asked, Verilog) and export the TVM library."""
     import tvm
     from tvm import relax
 
     from .codegen import MANIFEST
-    from .frontend import from_onnx
     from .patterns import partition_for_quweit
 
-    mod = partition_for_quweit(from_onnx(model))
+    mod, scope, reason = import_model(model, blocks)
+    mod = partition_for_quweit(mod)
     options = {"pipeline": opts.pipeline}
     if opts.target in ("verilog", "all"):
         options["verilog_dir"] = str(workdir / VERILOG_DIR)
@@ -126,7 +160,8 @@ def build_tvm(model: onnx.ModelProto, workdir: Path, opts: CompileOptions) -> li
     if opts.target in ("c", "all"):
         tvm.compile(mod, target="llvm").export_library(str(workdir / LIBRARY))
     manifest = workdir / VERILOG_DIR / MANIFEST
-    return json.loads(manifest.read_text())["blocks"] if manifest.exists() else []
+    entries = json.loads(manifest.read_text())["blocks"] if manifest.exists() else []
+    return entries, {"scope": scope, "import_failure": reason}
 
 
 def match_modules(blocks: list[WeightlessBlockParams], manifest: list[dict]) -> list[dict | None]:
@@ -170,7 +205,10 @@ def compile_model(opts: CompileOptions, *, log=print) -> tuple[dict, list[BlockR
     workdir = Path(tempfile.mkdtemp(prefix=f".{opts.outdir.name}.", dir=parent))
     try:
         log(f"quweit-compile: {len(blocks)} block(s) in {opts.model}; building with TVM ...")
-        manifest = build_tvm(model, workdir, opts)
+        manifest, library = build_tvm(model, blocks, workdir, opts)
+        if library["scope"] == "blocks":
+            log(f"note: TVM could not import the whole model ({library['import_failure']}); "
+                "the library holds the blocks only")
         matched = match_modules(blocks, manifest) if manifest else [None] * len(blocks)
         reports = []
         for params, entry in zip(blocks, matched):
@@ -184,6 +222,8 @@ def compile_model(opts: CompileOptions, *, log=print) -> tuple[dict, list[BlockR
                 raise HwBackendError(f"blocks not offloaded to the quweit codegen: {', '.join(missing)}")
             write_benches(model, blocks, reports, workdir / VERILOG_DIR, opts, rng, log)
         report = make_report(opts, reports, time.time() - started)
+        report["library_scope"] = library["scope"] if opts.target in ("c", "all") else None
+        report["tvm_import_failure"] = library["import_failure"]
         (workdir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
         install(workdir, opts.outdir, force=opts.force)
         return report, reports

@@ -1,0 +1,169 @@
+"""TVM: the ONNX frontend converter (native TE lowering) and the BYOC C path equal the numpy oracle and
+onnxruntime bit for bit; the partition offloads exactly the blocks, and nothing when there are none."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from quweit.custom_ops import evaluate, make_block_model, make_block_node, attach_decomposition
+
+from hw_support import activations, block, build_tvm, run_ort, run_vm, same_bits
+
+tvm = pytest.importorskip("tvm", reason="the hw extra (apache-tvm) is required")  # optional extra by design
+from tvm import relax  # noqa: E402
+
+from quweit.hwbackend import frontend  # noqa: E402
+from quweit.hwbackend.patterns import partition_for_quweit  # noqa: E402
+
+CASES = [(n, layers) for n in range(1, 9) for layers in (1, 2, 3) if (n + layers) % 2 == 0] + [(6, 1), (8, 3)]
+
+
+def byoc(mod):
+    return relax.transform.RunCodegen()(partition_for_quweit(mod))
+
+
+def offloaded_symbols(mod) -> list[str]:
+    """Names of external (call_dps_packed) functions that main calls."""
+    calls = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_dps_packed":
+            calls.append(str(expr.args[0].global_symbol))
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return calls
+
+
+@pytest.mark.parametrize("n,layers", CASES)
+def test_native_and_byoc_match_reference_and_onnxruntime(n, layers, tmp_path):
+    params = block(1000 + 10 * n + layers, n=n, layers=layers, d_in=5, d_out=4, T=4)
+    model = make_block_model(params)
+    rng = np.random.default_rng(n)
+    native = build_tvm(frontend.from_onnx(model), tmp_path, "native")
+    offloaded_mod = byoc(frontend.from_onnx(model))
+    assert len(offloaded_symbols(offloaded_mod)) == 1
+    offloaded = build_tvm(offloaded_mod, tmp_path, "byoc")
+    for shape in [(2, 7, 5), (1, 1, 5), (0, 3, 5)]:
+        x = activations(rng, shape)
+        want = evaluate(params, x)
+        assert same_bits(run_vm(native, x), want), shape
+        assert same_bits(run_vm(offloaded, x), want), shape
+        assert same_bits(run_ort(model, {"X": x})[0], want), shape
+
+
+def _chain_model():
+    """MatMul -> block -> Relu -> block, with small-integer weights so the float MatMul is exact everywhere."""
+    rng = np.random.default_rng(4)
+    first = block(21, n=6, layers=2, d_in=4, d_out=5)
+    second = block(22, n=3, layers=1, d_in=5, d_out=3)
+    weight = (rng.integers(-4, 5, size=(4, 4)) / 4).astype(np.float32)
+    node1, init1 = make_block_node(first, "h", "a", prefix="b1.", name="block_1")
+    node2, init2 = make_block_node(second, "r", "Y", prefix="b2.", name="block_2")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["h"]), node1, helper.make_node("Relu", ["a"], ["r"]), node2],
+        "chain",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(weight, "W"), *init1, *init2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    return attach_decomposition(model), first, second, weight
+
+
+def test_partition_offloads_only_the_blocks_of_a_mixed_graph(tmp_path):
+    model, first, second, weight = _chain_model()
+    mod = byoc(frontend.from_onnx(model))
+    assert len(offloaded_symbols(mod)) == 2
+    text = mod["main"].script()
+    assert "R.matmul" in text and "R.nn.relu" in text  # the rest stays with TVM
+    x = (np.random.default_rng(0).integers(-40, 40, size=(9, 4)) / 2).astype(np.float32)
+    want = evaluate(second, np.maximum(evaluate(first, x @ weight), 0))
+    assert same_bits(run_vm(build_tvm(mod, tmp_path, "chain"), x), want)
+    assert same_bits(run_vm(build_tvm(frontend.from_onnx(model), tmp_path, "chain_native"), x), want)
+    assert same_bits(run_ort(model, {"X": x})[0], want)
+
+
+def test_nothing_offloaded_without_blocks():
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["h"]), helper.make_node("Relu", ["h"], ["Y"])],
+        "dense",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(np.eye(4, dtype=np.float32), "W")],
+    )
+    mod = frontend.from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    partitioned = partition_for_quweit(mod)
+    tvm.ir.assert_structural_equal(partitioned, mod)
+    assert offloaded_symbols(relax.transform.RunCodegen()(partitioned)) == []
+
+
+def test_registration_is_idempotent_and_undone():
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    frontend.unregister_onnx_converter()
+    original = onnx_frontend._get_convert_map
+    assert "WeightlessBlock" not in original()
+    with frontend.onnx_converter():
+        frontend.register_onnx_converter()  # twice: still one wrapper
+        assert onnx_frontend._get_convert_map.__wrapped__ is original
+        assert "WeightlessBlock" in onnx_frontend._get_convert_map()
+    assert onnx_frontend._get_convert_map is original
+    with pytest.raises(tvm.error.OpNotImplemented, match="WeightlessBlock"):
+        relax.frontend.onnx.from_onnx(make_block_model(block(1, n=2, layers=1)))
+
+
+def test_invalid_block_is_rejected_with_its_node_name():
+    params = block(2, n=2, layers=1)
+    model = make_block_model(params)
+    table = next(t for t in model.graph.initializer if t.name.endswith("tables"))
+    bad = numpy_helper.to_array(table).copy()
+    bad[0, 0] = np.uint64(1 << 40)  # bits above 2^n set
+    table.CopyFrom(numpy_helper.from_array(bad, table.name))
+    with pytest.raises(ValueError, match="node 'block'.*'tables'"):
+        frontend.from_onnx(model)
+
+
+@pytest.fixture(scope="module")
+def converted_bert(tmp_path_factory):
+    """A random-weight BERT (tests/models.py), its MLPs replaced by random blocks by the converter."""
+    models = pytest.importorskip("models")
+    from quweit.converter.convert import replace_mlps
+
+    family = models.FAMILIES["bert"]
+    path = models.export(family, "legacy", tmp_path_factory.mktemp("bert") / "bert.onnx")
+    converted, _ = replace_mlps(onnx.load(str(path)))
+    feeds = models.reference_inputs(family, 2, 5)
+    return converted, feeds
+
+
+def test_converted_transformer_blocks_bit_exact(converted_bert, tmp_path):
+    """Each block of the converted transformer, on the activations it really receives there."""
+    from quweit.custom_ops import read_blocks
+    from quweit.hwbackend.capture import capture_block_inputs
+
+    model, feeds = converted_bert
+    blocks = read_blocks(model)
+    assert len(blocks) == 2
+    for k, (params, x) in enumerate(zip(blocks, capture_block_inputs(model, feeds))):
+        single = make_block_model(params, ("rows",))
+        want = evaluate(params, x)
+        assert same_bits(run_vm(build_tvm(frontend.from_onnx(single), tmp_path, f"n{k}"), x), want)
+        assert same_bits(run_vm(build_tvm(byoc(frontend.from_onnx(single)), tmp_path, f"b{k}"), x), want)
+        assert same_bits(run_ort(single, {"X": x})[0], want)
+
+
+def test_converted_transformer_end_to_end(converted_bert, tmp_path):
+    """The whole converted model in TVM: BYOC offloads both blocks and equals the native lowering bit for
+    bit; against onnxruntime the non-block float ops (MatMul, Erf, Softmax) differ in rounding only."""
+    model, feeds = converted_bert
+    inputs = [feeds[i.name] for i in model.graph.input if i.name in feeds]
+    byoc_mod = byoc(frontend.from_onnx(model))
+    assert len(offloaded_symbols(byoc_mod)) == 2
+    got_byoc = run_vm(build_tvm(byoc_mod, tmp_path, "bert_byoc"), *inputs)
+    got_native = run_vm(build_tvm(frontend.from_onnx(model), tmp_path, "bert_native"), *inputs)
+    assert same_bits(got_byoc, got_native)
+    np.testing.assert_allclose(got_byoc, run_ort(model, feeds)[0], rtol=1e-4, atol=1e-4)
