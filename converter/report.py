@@ -5,12 +5,12 @@ from __future__ import annotations
 
 def _where(row: dict) -> str:
     nodes = row["nodes"]
-    return f"{nodes[0]} .. {nodes[-1]}" if len(nodes) > 1 else (nodes[0] if nodes else row["output"])
+    return f"{nodes[-1]} ({len(nodes)} nodes)" if nodes else row["output"]
 
 
 def format_table(report: dict, *, explain: bool = False) -> str:
     lines = []
-    header = f"{'#':>3}  {'MLP (first .. last node)':<58} {'family':<18} {'act':<10} {'shape':<22} {'alone':>6}  status"
+    header = f"{'#':>3}  {'MLP (last node)':<58} {'family':<18} {'act':<10} {'shape':<22} {'alone':>6}  status"
     lines += [header, "-" * len(header)]
     for row in report["mlps"]:
         alone = f"{row['fidelity_alone']:.3f}" if "fidelity_alone" in row else "-"

@@ -153,11 +153,12 @@ def export(family: Family, exporter: str, path: Path, *, batch: int = 2, seq: in
     model = family.build()
     inputs = family.inputs(batch, seq)
     names = list(inputs)
-    args = tuple(inputs.values())
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder-layer kernel has no ONNX export
         if exporter == "legacy":
-            torch.onnx.export(model, args, str(path), input_names=names, output_names=["last_hidden_state"],
+            torch.onnx.export(model, (dict(inputs),), str(path), input_names=names,
+                              output_names=["last_hidden_state"],
                               dynamic_axes={n: dict(family.dynamic[n]) for n in names}, opset_version=18,
                               dynamo=False)
         elif exporter == "dynamo":
