@@ -1,0 +1,157 @@
+"""`quweit-convert` end to end on a small model: exit codes with real bad inputs, no output after any
+failure, the input never modified, the table/JSON report, external data in and out, --calib."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from quweit.converter.cli import main
+from quweit.custom_ops import read_blocks
+
+D, H = 8, 16
+
+
+def _mlp_model(path, *, external: bool = False, opset: int = 18, with_mlp: bool = True):
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((D, H)).astype(np.float32), rng.standard_normal((H, D)).astype(np.float32)
+    wq = rng.standard_normal((D, D)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"], name="proj")]
+    if with_mlp:
+        nodes += [helper.make_node("MatMul", ["q", "w1"], ["h"], name="up"), helper.make_node("Relu", ["h"], ["a"], name="act"),
+                  helper.make_node("MatMul", ["a", "w2"], ["m"], name="down"), helper.make_node("Add", ["q", "m"], ["y"], name="res")]
+    else:
+        nodes += [helper.make_node("Relu", ["q"], ["y"], name="act")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "seq", D])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", "seq", D])],
+        [numpy_helper.from_array(a, n) for n, a in (("wq", wq), ("w1", w1), ("w2", w2))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    onnx.save_model(model, str(path), save_as_external_data=external, location=path.name + ".data", size_threshold=0)
+    return path
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _calib(path, n=24):
+    np.savez(path, x=np.random.default_rng(1).standard_normal((n, 5, D)).astype(np.float32))
+    return path
+
+
+def test_converts_with_table_report_and_untouched_input(tmp_path, capsys):
+    model = _mlp_model(tmp_path / "m.onnx")
+    before = _digest(model)
+    code = main([str(model), "--calib", str(_calib(tmp_path / "c.npz")), "--report", str(tmp_path / "r.json"), "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "replaced 1/1 MLPs" in out and "share of the model's multiplications removed" in out
+    assert _digest(model) == before
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert {k: report[k] for k in ("mlps_found", "mlps_replaced", "macs_before", "macs_after")} == {
+        "mlps_found": 1, "mlps_replaced": 1, "macs_before": D * D + 2 * D * H, "macs_after": D * D + 2 * D}
+    assert "fidelity_alone" in report["mlps"][0]
+    converted = onnx.load(str(tmp_path / "m.quweit.onnx"))
+    (block,) = read_blocks(converted)
+    assert report["params_before"] == D * D + 2 * D * H
+    assert report["params_after"] == D * D + sum(a.size for a in block.arrays().values())
+    onnx.checker.check_model(converted, full_check=True)
+    y = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.zeros((1, 2, D), np.float32)})[0]
+    assert y.shape == (1, 2, D)
+    # the output exists now: a second run refuses without --force (exit 2) and keeps it
+    again = _digest(tmp_path / "m.quweit.onnx")
+    assert main([str(model), "--quiet"]) == 2
+    assert _digest(tmp_path / "m.quweit.onnx") == again
+    assert main([str(model), "--quiet", "--force", "--no-sensitivity", "--calib", str(tmp_path / "c.npz")]) == 0
+
+
+def test_external_data_in_and_out(tmp_path):
+    model = _mlp_model(tmp_path / "ext.onnx", external=True)
+    assert (tmp_path / "ext.onnx.data").exists()
+    out = tmp_path / "out.onnx"
+    assert main([str(model), "-o", str(out), "--quiet", "--no-sensitivity", "--calib", str(_calib(tmp_path / "c.npz"))]) == 0
+    assert (tmp_path / "out.onnx.data").exists()
+    assert sum(1 for n in onnx.load(str(out)).graph.node if n.domain == "quweit") == 1
+
+
+def test_synthetic_calibration_warns_loudly(tmp_path):
+    model = _mlp_model(tmp_path / "m.onnx")
+    with pytest.warns(UserWarning, match="RANDOM inputs"):
+        assert main([str(model), "--quiet", "--no-sensitivity"]) == 0
+
+
+def test_layers_auto_and_explicit(tmp_path, capsys):
+    model = _mlp_model(tmp_path / "m.onnx")
+    calib = str(_calib(tmp_path / "c.npz"))
+    assert main([str(model), "--calib", calib, "--layers", "none", "-o", str(tmp_path / "none.onnx"), "--quiet"]) == 0
+    assert "replaced 0/1 MLPs" in capsys.readouterr().out
+    assert main([str(model), "--calib", calib, "--layers", "auto", "--fidelity-floor", "1.01",
+                 "-o", str(tmp_path / "a.onnx"), "--quiet", "--report", str(tmp_path / "a.json")]) == 0
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert report["mlps_replaced"] == 0 and report["mlps"][0]["reason"] == "below the fidelity floor"
+    assert main([str(model), "--calib", calib, "--layers", "auto", "--fidelity-floor", "-1",
+                 "-o", str(tmp_path / "b.onnx"), "--quiet", "--report", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["mlps_replaced"] == 1
+
+
+def _bad_inputs(tmp_path):
+    good = _mlp_model(tmp_path / "good.onnx")
+    data = good.read_bytes()
+    (tmp_path / "trunc.onnx").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.onnx").write_text("this is not a model\n")
+    (tmp_path / "dir.onnx").mkdir()
+    invalid = onnx.load(str(good))
+    invalid.graph.node[1].input[0] = "nowhere"
+    onnx.save(invalid, str(tmp_path / "invalid.onnx"))
+    future = onnx.load(str(good))
+    future.opset_import[0].version = 999
+    onnx.save(future, str(tmp_path / "future.onnx"))
+    (tmp_path / "exists.quweit.onnx").write_bytes(b"keep me")
+    _mlp_model(tmp_path / "exists.onnx")
+    np.savez(tmp_path / "wrong.npz", not_an_input=np.zeros((2, 3, D), np.float32))
+    return {
+        "missing file": [str(tmp_path / "missing.onnx")],
+        "a directory": [str(tmp_path / "dir.onnx")],
+        "truncated protobuf": [str(tmp_path / "trunc.onnx")],
+        "not onnx": [str(tmp_path / "text.onnx")],
+        "invalid graph": [str(tmp_path / "invalid.onnx")],
+        "unsupported opset": [str(tmp_path / "future.onnx")],
+        "output exists": [str(tmp_path / "exists.onnx")],
+        "calib names wrong": [str(good), "--calib", str(tmp_path / "wrong.npz"), "-o", str(tmp_path / "w.onnx")],
+        "calib not npz": [str(good), "--calib", str(tmp_path / "text.onnx"), "-o", str(tmp_path / "w2.onnx")],
+        "bad layers": [str(good), "--layers", "7", "-o", str(tmp_path / "w3.onnx")],
+    }
+
+
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
+    for label, argv in _bad_inputs(tmp_path).items():
+        listing = sorted(p.name for p in tmp_path.iterdir())
+        assert main([*argv, "--quiet"]) == 2, label
+        err = capsys.readouterr().err
+        assert "quweit-convert: error:" in err, label
+        assert sorted(p.name for p in tmp_path.iterdir()) == listing, label  # no output, no temp file
+    assert (tmp_path / "exists.quweit.onnx").read_bytes() == b"keep me"
+
+
+def test_no_mlp_exits_3_and_writes_nothing(tmp_path, capsys):
+    model = _mlp_model(tmp_path / "plain.onnx", with_mlp=False)
+    assert main([str(model), "--quiet", "--explain"]) == 3
+    assert "no MLP found" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.onnx"]
+
+
+def test_bad_usage_exits_2():
+    result = subprocess.run([sys.executable, "-m", "quweit.converter.cli", "--layers"], capture_output=True)
+    assert result.returncode == 2
