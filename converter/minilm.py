@@ -49,28 +49,26 @@ def tokenize(texts: list[str]) -> dict[str, np.ndarray]:
 def calibration_inputs(n: int, offset: int = 0) -> dict[str, np.ndarray]:
     """`n` glosses from `offset`, tokenized (padded to the longest): the model's inputs, int64 [n, seq]."""
     texts = sentences()
-    if not 0 <= offset or offset + n > len(texts):
+    if offset < 0 or n < 1 or offset + n > len(texts):
         raise ValueError(f"calibration_inputs: sentences {offset}..{offset + n} outside the {len(texts)} shipped")
     return tokenize(texts[offset:offset + n])
 
 
-class _Encoder:
-    """BERT encoder with positional inputs and one output, as exported."""
+def _encoder():
+    """The BERT encoder with positional inputs and `last_hidden_state` as its one output (torch built lazily)."""
+    import torch
+    from transformers import AutoModel
 
-    def __new__(cls):
-        import torch
-        from transformers import AutoModel
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = AutoModel.from_pretrained(model_path())
 
-        class Encoder(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.bert = AutoModel.from_pretrained(model_path())
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
 
-            def forward(self, input_ids, attention_mask, token_type_ids):
-                return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                                 token_type_ids=token_type_ids).last_hidden_state
-
-        return Encoder().eval()
+    return Encoder().eval()
 
 
 def export_minilm(path: str | os.PathLike) -> Path:
@@ -83,7 +81,7 @@ def export_minilm(path: str | os.PathLike) -> Path:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _Encoder(), tuple(torch.from_numpy(example[n]) for n in INPUT_NAMES), str(path),
+            _encoder(), tuple(torch.from_numpy(example[n]) for n in INPUT_NAMES), str(path),
             input_names=list(INPUT_NAMES), output_names=["last_hidden_state"],
             dynamic_axes={**axes, "last_hidden_state": {0: "batch", 1: "sequence"}}, opset_version=18, dynamo=False,
         )
