@@ -1,0 +1,196 @@
+"""End-to-end fine-tuning of a converted model: distillation from the original, or a task loss on labels.
+
+The converted ONNX graph becomes a torch module (`onnx_torch.OnnxGraphModule`); only the
+`WeightlessBlock`s train (tables by EFD, mapping, encoded values with quantization-aware rounding),
+everything else stays frozen, and the trained block parameters are written back into the ONNX model.
+The teacher (the original model) runs in onnxruntime. Under `torchrun` the same code trains with
+DistributedDataParallel (gloo): every rank draws the same global batch and takes its own equal share,
+so the averaged gradient is the global batch's gradient (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import onnx
+import torch
+import torch.distributed as dist
+
+from .onnx_torch import OnnxGraphModule, write_back
+
+LABELS = "labels"
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneOptions:
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 1e-2  # tables and mapping weights (entries live in [-1, 1])
+    value_lr: float = 1e-3  # encoded values and biases, in output units
+    seed: int = 0
+    candidates: int = 1  # mapping candidates per LUT slot (1: the fitted mapping stays fixed)
+    checkpoint_every: int = 50
+    table_magnitude: float = 0.25  # |entry| of fitted tables: small enough that EFD can flip them
+    budget_seconds: float | None = None
+
+
+def check_data(data: Mapping[str, np.ndarray], model: onnx.ModelProto, *, source: str = "data") -> int:
+    """The data's row count; every graph input present, no unknown arrays, equal leading sizes."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in inits]
+    missing = [n for n in inputs if n not in data]
+    if missing:
+        raise ValueError(f"{source}: missing arrays for graph inputs {missing} (has {sorted(data)})")
+    unknown = sorted(set(data) - set(inputs) - {LABELS})
+    if unknown:
+        raise ValueError(f"{source}: arrays {unknown} are neither graph inputs {inputs} nor '{LABELS}'")
+    rows = {name: np.asarray(value).shape[0] if np.asarray(value).ndim else None for name, value in data.items()}
+    if len(set(rows.values())) != 1 or None in rows.values():
+        raise ValueError(f"{source}: arrays must share their first (sample) axis, got {rows}")
+    count = next(iter(rows.values()))
+    if count == 0:
+        raise ValueError(f"{source}: holds no samples")
+    return count
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Teacher:
+    """The original model in onnxruntime (one thread per process: ranks share the cores)."""
+
+    def __init__(self, model_path: str | Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, feeds)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, variance: float) -> torch.Tensor:
+    """Mean squared error over the teacher's output variance (1.0 = predicting the mean).
+
+    `variance` is measured once on the data, not per batch, so every process of a distributed run
+    optimises the same objective and the averaged gradients equal the global batch's.
+    """
+    return ((student - teacher) ** 2).mean() / variance
+
+
+def task_loss(student: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of logits `[..., C]` against integer labels `[...]` (-100 is ignored)."""
+    return torch.nn.functional.cross_entropy(student.reshape(-1, student.shape[-1]), labels.reshape(-1).long(),
+                                             ignore_index=-100)
+
+
+def finetune(
+    student: onnx.ModelProto,
+    data: Mapping[str, np.ndarray],
+    *,
+    teacher: Teacher | None = None,
+    options: FinetuneOptions = FinetuneOptions(),
+    checkpoint: Path | None = None,
+    resume: Path | None = None,
+    progress: bool = True,
+) -> tuple[onnx.ModelProto, list[float]]:
+    """Train the blocks of `student`; returns the model with trained blocks and the per-step losses.
+
+    Distillation when `teacher` is given (its first output against the student's first output),
+    otherwise a task loss on `data['labels']`.
+    """
+    from tqdm.auto import tqdm
+
+    rows = check_data(data, student)
+    if teacher is None and LABELS not in data:
+        raise ValueError(f"no teacher and no '{LABELS}' array: nothing to train against")
+    rank, world = _rank_world()
+    if options.batch_size % world:
+        raise ValueError(f"batch size {options.batch_size} is not divisible by the {world} processes")
+    local = options.batch_size // world
+    torch.manual_seed(options.seed)
+    graph = OnnxGraphModule(student, candidates=options.candidates, table_magnitude=options.table_magnitude,
+                           seed=options.seed).train()
+    if not len(graph.blocks):
+        raise ValueError("the student model holds no WeightlessBlock nodes to train")
+    blocks = graph.blocks
+    tables = [p for b in blocks.values() for p in (*b.tables, *b.mapping_weights)]
+    values = [p for b in blocks.values() for p in (b.encoded_values, b.bias)]
+    model = torch.nn.parallel.DistributedDataParallel(graph, forward_sync_buffers=False) if world > 1 else graph
+    optimizer = torch.optim.Adam([{"params": tables, "lr": options.lr}, {"params": values, "lr": options.value_lr}])
+    generator = np.random.default_rng(options.seed)
+    step, losses = 0, []
+    if resume is not None:
+        state = torch.load(resume, weights_only=False)
+        blocks.load_state_dict(state["blocks"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.bit_generator.state = state["generator"]
+        step, losses = state["step"], list(state["losses"])
+    names = [n for n in data if n != LABELS]
+    if teacher is not None:
+        probe = {n: np.ascontiguousarray(data[n][: min(rows, 64)]) for n in names}
+        variance = max(float(np.var(teacher(probe)[0], dtype=np.float64)), 1e-12)
+    start = time.monotonic()
+    bar = tqdm(total=options.steps, initial=step, desc="finetune", unit="step", disable=not progress or rank)
+    while step < options.steps:
+        if options.budget_seconds is not None and time.monotonic() - start >= options.budget_seconds:
+            break
+        batch = generator.choice(rows, size=options.batch_size, replace=rows < options.batch_size)
+        mine = batch[rank * local:(rank + 1) * local]
+        feeds = {n: np.ascontiguousarray(data[n][mine]) for n in names}
+        output = model(**{n: torch.from_numpy(v) for n, v in feeds.items()})
+        output = output[0] if isinstance(output, tuple) else output
+        if teacher is not None:
+            loss = distillation_loss(output, torch.from_numpy(teacher(feeds)[0]), variance)
+        else:
+            loss = task_loss(output, torch.from_numpy(np.asarray(data[LABELS][mine])))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for block in blocks.values():
+            block.clamp_tables_()
+        step += 1
+        losses.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if checkpoint is not None and rank == 0 and step % options.checkpoint_every == 0:
+            _save_checkpoint(checkpoint, step, losses, blocks, optimizer, generator)
+    bar.close()
+    if checkpoint is not None and rank == 0:
+        _save_checkpoint(checkpoint, step, losses, blocks, optimizer, generator)
+    return write_back(student, graph.block_params()), losses
+
+
+def _save_checkpoint(path: Path, step, losses, blocks, optimizer, generator) -> None:
+    _atomic_torch_save({"step": step, "losses": losses, "blocks": blocks.state_dict(),
+                        "optimizer": optimizer.state_dict(), "generator": generator.bit_generator.state}, path)
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path))
+    except Exception as err:  # protobuf and I/O errors alike: say which file
+        raise ValueError(f"{path}: cannot read as an ONNX model ({err})") from err
+
+
+def save_model_atomic(model: onnx.ModelProto, path: Path) -> None:
+    """Write `model` to `path` through a temporary file, so a failure never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)

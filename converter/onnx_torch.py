@@ -1,0 +1,140 @@
+"""A converted ONNX model as a differentiable torch module, and its block parameters written back.
+
+`OnnxGraphModule` runs the main graph node by node with the torch ops of `onnx_ops`; every
+`quweit::WeightlessBlock` node becomes a trainable `custom_ops.torch_block.WeightlessBlock` submodule
+(its parameter initializers are read into the module, not kept as tensors). All other initializers are
+frozen buffers: fine-tuning changes the blocks only. `write_back` puts the trained blocks' parameters
+into a copy of the ONNX model, replacing exactly their initializers.
+"""
+
+from __future__ import annotations
+
+import re
+
+import onnx
+import torch
+from onnx import helper
+from torch import nn
+
+from quweit.custom_ops.params import DOMAIN, OP_TYPE, WeightlessBlockParams
+from quweit.custom_ops.torch_block import WeightlessBlock
+
+from .onnx_ops import OPS, tensor_from_proto
+
+
+class UnsupportedOnnxError(ValueError):
+    """The graph holds something this ONNX -> torch runner cannot execute (named in the message)."""
+
+
+def _is_block(node: onnx.NodeProto) -> bool:
+    return node.domain == DOMAIN and node.op_type == OP_TYPE
+
+
+def _module_key(name: str, taken: set[str]) -> str:
+    key = re.sub(r"\W", "_", name) or "block"
+    while key in taken:
+        key += "_"
+    taken.add(key)
+    return key
+
+
+class OnnxGraphModule(nn.Module):
+    """Executes `model.graph` in torch; `forward(**inputs)` returns the graph outputs (a tuple if several)."""
+
+    def __init__(self, model: onnx.ModelProto, **block_options) -> None:
+        super().__init__()
+        graph = model.graph
+        self.input_names = [i.name for i in graph.input]
+        self.output_names = [o.name for o in graph.output]
+        initializers = {t.name: t for t in graph.initializer}
+        block_inputs: set[str] = set()
+        self.blocks = nn.ModuleDict()
+        self.block_nodes: dict[str, str] = {}  # module key -> node name
+        taken: set[str] = set()
+        self._plan: list[tuple[onnx.NodeProto, str | None, dict]] = []
+        for index, node in enumerate(graph.node):
+            name = node.name or f"{node.op_type}_{index}"
+            if _is_block(node):
+                params = WeightlessBlockParams.from_onnx(node, initializers, node_name=name)
+                key = _module_key(name, taken)
+                self.blocks[key] = WeightlessBlock.from_params(params, **block_options)
+                self.block_nodes[key] = name
+                block_inputs.update(node.input[1:])
+                self._plan.append((node, key, {}))
+                continue
+            if (node.domain, node.op_type) not in OPS:
+                raise UnsupportedOnnxError(
+                    f"node '{name}': op {node.domain or 'ai.onnx'}::{node.op_type} has no torch implementation")
+            for attr in node.attribute:
+                if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                    raise UnsupportedOnnxError(f"node '{name}': subgraphs ({node.op_type}) are not supported")
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+            self._plan.append((node, None, attrs))
+        self._constants: dict[str, str] = {}
+        for index, (name, proto) in enumerate(initializers.items()):
+            if name in block_inputs:
+                continue
+            key = f"initializer_{index}"
+            self.register_buffer(key, tensor_from_proto(proto), persistent=False)
+            self._constants[name] = key
+
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor):
+        values: dict[str, torch.Tensor | None] = {"": None}
+        for name, value in zip(self.input_names, args):
+            values[name] = value
+        values.update(kwargs)
+        missing = [n for n in self.input_names if n not in values and n not in self._constants]
+        if missing:
+            raise ValueError(f"missing graph inputs {missing}; expected {self.input_names}")
+        for name, key in self._constants.items():
+            values.setdefault(name, getattr(self, key))
+        for node, block_key, attrs in self._plan:
+            if block_key is not None:
+                outputs = (self.blocks[block_key](values[node.input[0]]),)
+            else:
+                try:
+                    result = OPS[(node.domain, node.op_type)]([values[i] for i in node.input], attrs)
+                except Exception as err:  # name the node: the op's own message says what went wrong
+                    raise RuntimeError(f"node '{node.name}' ({node.op_type}): {err}") from err
+                outputs = result if isinstance(result, tuple) else (result,)
+            for name, value in zip(node.output, outputs):
+                values[name] = value
+        results = tuple(values[n] for n in self.output_names)
+        return results if len(results) > 1 else results[0]
+
+    def block_params(self) -> dict[str, WeightlessBlockParams]:
+        """Current parameters of every block, keyed by ONNX node name."""
+        return {node: self.blocks[key].to_params(node=node) for key, node in self.block_nodes.items()}
+
+
+def write_back(model: onnx.ModelProto, params_by_node: dict[str, WeightlessBlockParams]) -> onnx.ModelProto:
+    """A copy of `model` whose blocks' parameter initializers hold `params_by_node`; nothing else changes."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    position = {t.name: k for k, t in enumerate(out.graph.initializer)}
+    readers: dict[str, int] = {}
+    for node in out.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    found = set()
+    for index, node in enumerate(out.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        if not _is_block(node) or name not in params_by_node:
+            continue
+        found.add(name)
+        params = params_by_node[name]
+        attrs, inits = params.to_onnx(prefix="")
+        for input_name, tensor in zip(node.input[1:], inits):
+            if readers.get(input_name, 0) != 1:
+                raise ValueError(f"node '{name}': initializer '{input_name}' is shared with other nodes; "
+                                 "refusing to change it")
+            tensor.name = input_name
+            out.graph.initializer[position[input_name]].CopyFrom(tensor)
+        for attr in node.attribute:
+            if attr.name in attrs and helper.get_attribute_value(attr) != attrs[attr.name]:
+                raise ValueError(f"node '{name}': attribute {attr.name} would change; structure must not change")
+    missing = set(params_by_node) - found
+    if missing:
+        raise ValueError(f"no WeightlessBlock nodes named {sorted(missing)} in the model")
+    return out

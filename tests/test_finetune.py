@@ -1,0 +1,174 @@
+"""ONNX -> torch of converted models, parameter write-back, and end-to-end fine-tuning (`quweit-finetune`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import helper, numpy_helper
+
+from models import FAMILIES, export, reference_inputs
+from quweit.converter.finetune import FinetuneOptions, Teacher, finetune
+from quweit.converter.finetune_cli import main as finetune_main
+from quweit.converter.fitting import fit_block
+from quweit.converter.onnx_torch import OnnxGraphModule, write_back
+from quweit.custom_ops import BlockConfig, attach_decomposition, make_block_node, read_blocks
+
+HEAD_CONFIG = BlockConfig(lut_inputs=4, thresholds_per_feature=4, luts_per_output=2)
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _with_head(base: onnx.ModelProto, nodes, inits, output: str) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.CopyFrom(base)
+    hidden = base.graph.output[0].name
+    for node in nodes:
+        node.input[:] = [hidden if name == "H" else name for name in node.input]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(inits)
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None))
+    return model
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A tiny BERT (dynamo export) with two heads on its last hidden state: teacher `tanh(h W)`, student
+    a WeightlessBlock fitted to it - a converted model in miniature, with the same frozen trunk."""
+    folder = tmp_path_factory.mktemp("finetune")
+    base = onnx.load(export(FAMILIES["bert"], "dynamo", folder / "bert.onnx"))
+    data = reference_inputs(FAMILIES["bert"], batch=96, seq=6)
+    hidden = _run(base, data)[0]
+    w = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32) / 2
+    teacher = _with_head(base, [helper.make_node("MatMul", ["H", "head.w"], ["hw"]),
+                                helper.make_node("Tanh", ["hw"], ["y"])],
+                         [numpy_helper.from_array(w, "head.w")], "y")
+    flat = hidden[:8].reshape(-1, 32)  # fitted on a few samples: fine-tuning has something to add
+    params = fit_block(flat, np.tanh(flat @ w), config=HEAD_CONFIG, progress=False)
+    node, inits = make_block_node(params, "H", "y", prefix="head.", name="head_block")
+    student = attach_decomposition(_with_head(base, [node], inits, "y"))
+    paths = {"teacher": folder / "teacher.onnx", "student": folder / "student.onnx", "data": folder / "data.npz"}
+    onnx.save(teacher, paths["teacher"])
+    onnx.save(student, paths["student"])
+    np.savez(paths["data"], **data)
+    return paths, teacher, student, data
+
+
+@pytest.mark.parametrize("family, exporter", [("bert", "dynamo"), ("bert", "legacy"), ("gpt2", "dynamo"),
+                                              ("llama", "dynamo"), ("t5", "dynamo"), ("opt", "dynamo")])
+def test_graph_module_matches_onnxruntime(tmp_path, family, exporter):
+    model = onnx.load(export(FAMILIES[family], exporter, tmp_path / "m.onnx"))
+    feeds = reference_inputs(FAMILIES[family], batch=3, seq=7)
+    got = OnnxGraphModule(model).eval()(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    np.testing.assert_allclose(got.numpy(), _run(model, feeds)[0], rtol=0, atol=1e-5)
+
+
+def test_onnx_torch_onnx_keeps_every_parameter(pair):
+    _, _, student, _ = pair
+    graph = OnnxGraphModule(student, candidates=3)
+    again = write_back(student, graph.block_params())
+    assert again.SerializeToString() == student.SerializeToString()
+    assert read_blocks(again)[0].equals(read_blocks(student)[0])
+
+
+def test_student_graph_block_is_exact_on_onnxruntime_inputs(pair):
+    _, _, student, data = pair
+    graph = OnnxGraphModule(student).eval()
+    got = graph(**{k: torch.from_numpy(v) for k, v in data.items()}).numpy()
+    want = _run(student, data)[0]
+    assert np.mean(got == want) > 0.99  # trunk floats differ in the last bits; the block itself is exact
+
+
+def _heldout_loss(model, teacher, data) -> float:
+    rows = slice(64, None)
+    feeds = {k: v[rows] for k, v in data.items()}
+    return float(np.mean((_run(model, feeds)[0] - _run(teacher, feeds)[0]) ** 2))
+
+
+def test_distillation_lowers_heldout_loss_and_writes_back(pair):
+    paths, teacher, student, data = pair
+    train = {k: v[:64] for k, v in data.items()}
+    trained, losses = finetune(student, train, teacher=Teacher(paths["teacher"]),
+                               options=FinetuneOptions(steps=40, batch_size=16, lr=0.05, value_lr=0.01),
+                               progress=False)
+    before, after = _heldout_loss(student, teacher, data), _heldout_loss(trained, teacher, data)
+    assert after < 0.9 * before, (before, after)
+    # only the block's initializers changed
+    changed = {t.name for t, u in zip(trained.graph.initializer, student.graph.initializer) if t != u}
+    assert changed and all(name.startswith("head.") for name in changed)
+    assert [n for n in trained.graph.node] == [n for n in student.graph.node]
+
+
+def test_task_loss_on_labels_trains(pair):
+    _, _, student, data = pair
+    labels = (data["input_ids"] % 8).astype(np.int64)
+    labelled = {**data, "labels": labels}
+    trained, losses = finetune(student, labelled, options=FinetuneOptions(steps=30, batch_size=32, lr=0.05,
+                                                                           value_lr=0.01), progress=False)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert not read_blocks(trained)[0].equals(read_blocks(student)[0])
+
+
+def test_cli_resume_equals_uninterrupted_run(pair, tmp_path):
+    paths, *_ = pair
+    common = [str(paths["student"]), "--teacher", str(paths["teacher"]), "--data", str(paths["data"]),
+              "--batch-size", "8", "--no-progress", "--checkpoint-every", "2"]
+    assert finetune_main([*common, "-o", str(tmp_path / "full.onnx"), "--steps", "6"]) == 0
+    assert finetune_main([*common, "-o", str(tmp_path / "part.onnx"), "--steps", "3"]) == 0
+    assert finetune_main([*common, "-o", str(tmp_path / "resumed.onnx"), "--steps", "6",
+                          "--resume", str(tmp_path / "part.onnx.ckpt")]) == 0
+    full = onnx.load(tmp_path / "full.onnx")
+    resumed = onnx.load(tmp_path / "resumed.onnx")
+    assert read_blocks(full)[0].equals(read_blocks(resumed)[0])
+    assert not read_blocks(full)[0].equals(read_blocks(onnx.load(paths["student"]))[0])
+
+
+def test_cli_errors_name_the_problem(pair, tmp_path, capsys):
+    paths, *_ = pair
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"keep")
+    assert finetune_main([str(paths["student"]), "--data", str(paths["data"]), "--teacher",
+                          str(paths["teacher"]), "-o", str(out)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err and out.read_bytes() == b"keep"
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, tokens=np.zeros((2, 3), np.int64))
+    assert finetune_main([str(paths["student"]), "--data", str(bad), "--teacher", str(paths["teacher"]),
+                          "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "missing arrays for graph inputs" in capsys.readouterr().err
+    assert finetune_main([str(paths["student"]), "--data", str(paths["data"]), "-o", str(tmp_path / "y.onnx")]) == 2
+    assert "no teacher and no 'labels'" in capsys.readouterr().err
+    assert finetune_main([str(paths["student"]), "--data", str(paths["data"]), "--steps", "0"]) == 2
+    assert "--steps must be > 0" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_match_one_process(pair, tmp_path):
+    """DDP (gloo) with 2 x 8 samples against one process with the same global batch of 16.
+
+    The exact difference: per-rank gradients are summed then averaged, so float sums are grouped
+    differently (rounding differences of ~1e-7 relative); Adam makes them no larger over a few steps.
+    """
+    paths, *_ = pair
+    args = [str(paths["student"]), "--teacher", str(paths["teacher"]), "--data", str(paths["data"]),
+            "--batch-size", "16", "--steps", "6", "--no-progress", "--lr", "0.05", "--value-lr", "0.01"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--standalone", "-m", "quweit.converter.finetune_cli", *args,
+                    "-o", str(tmp_path / "ddp.onnx")], check=True, env=env, cwd=tmp_path, timeout=300)
+    assert finetune_main([*args, "-o", str(tmp_path / "single.onnx")]) == 0
+    ddp = torch.load(tmp_path / "ddp.onnx.ckpt", weights_only=False)["blocks"]
+    single = torch.load(tmp_path / "single.onnx.ckpt", weights_only=False)["blocks"]
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-5, atol=1e-6)
+    a, b = (read_blocks(onnx.load(tmp_path / f"{n}.onnx"))[0] for n in ("ddp", "single"))
+    assert np.array_equal(a.table_bits(), b.table_bits()) and np.array_equal(a.mapping, b.mapping)
+    assert np.abs(a.encoded_values.astype(np.int64) - b.encoded_values).max() <= 1
