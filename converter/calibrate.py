@@ -27,11 +27,11 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    """A CPU session; the quweit kernel is used when built (faster), else the op's ONNX decomposition."""
+def session(model: onnx.ModelProto, *, kernel: bool = True) -> ort.InferenceSession:
+    """A CPU session; the quweit kernel is used when built and `kernel` (faster), else the op's decomposition."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if any(n.domain == "quweit" for n in model.graph.node):
+    if kernel and any(n.domain == "quweit" for n in model.graph.node):
         try:
             from quweit.runtime.session import session_options
 
@@ -130,7 +130,8 @@ def _token_rows(value: np.ndarray, feeds: Batch) -> np.ndarray:
     return value.reshape(-1, value.shape[-1])
 
 
-def capture(model: onnx.ModelProto, feeds: Iterable[Batch], names: Sequence[str]) -> dict[str, np.ndarray]:
+def capture(model: onnx.ModelProto, feeds: Iterable[Batch], names: Sequence[str], *, kernel: bool = True
+            ) -> dict[str, np.ndarray]:
     """The values `names` of `model` over all batches, each as float32 `[tokens, D]`."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -138,7 +139,7 @@ def capture(model: onnx.ModelProto, feeds: Iterable[Batch], names: Sequence[str]
     for name in names:
         if name not in present:
             probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    sess = session(probe)
+    sess = session(probe, kernel=kernel)
     collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for batch in feeds:
         values = sess.run(list(names), batch)

@@ -58,4 +58,4 @@ def read_linear(out: ir.Value, w: ir.Value, b: ir.Value | None, *, kind: str, ta
         bias = np.broadcast_to(bias.reshape(-1) if bias.size > 1 else bias.reshape(()), (weight.shape[1],))
         if bias.shape != (weight.shape[1],):
             raise NotALinear(f"{tag} bias '{b.name}' does not broadcast to [{weight.shape[1]}]")
-    return np.ascontiguousarray(weight, dtype=np.float32), (None if bias is None else np.asarray(bias, np.float32))
+    return np.ascontiguousarray(weight, dtype=np.float32), (None if bias is None else np.array(bias, np.float32))
