@@ -1,0 +1,147 @@
+"""`convert`: sequential fitting feeds each block the activations of the model with earlier blocks in
+place; local fitting does not; the sensitivity table, layer selection, budget split and report totals."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from quweit.converter import calibrate
+from quweit.converter.convert import convert, replace_mlps
+from quweit.converter.detect import find_mlps, prepare, rewrite_mlps
+from quweit.converter.errors import BadInputError, NoMlpError
+from quweit.converter.fitting import fit_block
+
+D, H = 8, 24
+
+
+def _two_mlps() -> onnx.ModelProto:
+    """x -> (x + MLP0(x)) -> (. + MLP1(.)): two residual ReLU MLPs in series, symbolic batch/sequence."""
+    rng = np.random.default_rng(0)
+    inits, nodes, prev = [], [], "x"
+    for i in range(2):
+        w1, w2 = rng.standard_normal((D, H)).astype(np.float32), rng.standard_normal((H, D)).astype(np.float32) / 4
+        inits += [numpy_helper.from_array(w1, f"w1_{i}"), numpy_helper.from_array(w2, f"w2_{i}")]
+        nodes += [helper.make_node("MatMul", [prev, f"w1_{i}"], [f"h{i}"], name=f"up{i}"),
+                  helper.make_node("Relu", [f"h{i}"], [f"a{i}"], name=f"act{i}"),
+                  helper.make_node("MatMul", [f"a{i}", f"w2_{i}"], [f"m{i}"], name=f"down{i}"),
+                  helper.make_node("Add", [prev, f"m{i}"], [f"r{i}"], name=f"res{i}")]
+        prev = f"r{i}"
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", "s", D])],
+                              [helper.make_tensor_value_info(prev, onnx.TensorProto.FLOAT, ["b", "s", D])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def _calib(n=40):
+    return {"x": np.random.default_rng(3).standard_normal((n, 6, D)).astype(np.float32)}
+
+
+class _Recording:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, y, **kw):
+        self.calls.append((x.copy(), y.copy(), kw))
+        return fit_block(x, y, **kw)
+
+
+def _dense(mlp, x):
+    return np.maximum(x @ mlp.w_up, 0) @ mlp.w_down
+
+
+def test_sequential_fit_sees_inputs_produced_by_earlier_blocks():
+    model, calib = _two_mlps(), _calib()
+    fit = _Recording()
+    converted, report = convert(model, calib=calib, sensitivity=False, progress=False, fit=fit)
+    assert report["mlps_replaced"] == 2 and len(fit.calls) == 2
+    prepared = prepare(model)
+    mlps = find_mlps(prepared).mlps
+    fit_feeds, _ = calibrate.split(calib, 16)
+    original = calibrate.capture(prepared, fit_feeds, [mlps[1].input], kernel=False)[mlps[1].input]
+    first_block = fit.calls[0]
+    np.testing.assert_array_equal(first_block[0], calibrate.capture(prepared, fit_feeds, [mlps[0].input])[mlps[0].input])
+    x1, y1, _ = fit.calls[1]
+    assert x1.shape == original.shape and not np.allclose(x1, original)  # block 0 changed what MLP 1 sees
+    with_block0, _ = rewrite_mlps(prepared, {mlps[0].output: read_first_block(converted)})
+    np.testing.assert_array_equal(x1, calibrate.capture(with_block0, fit_feeds, [mlps[1].input])[mlps[1].input])
+    np.testing.assert_allclose(y1, _dense(mlps[1], x1), rtol=1e-4, atol=1e-4)  # targets: the MLP on those inputs
+
+
+def read_first_block(converted):
+    from quweit.custom_ops import read_blocks
+
+    return read_blocks(converted)[0]
+
+
+def test_local_fit_uses_the_original_activations_and_fills_the_sensitivity_table():
+    model, calib = _two_mlps(), _calib()
+    fit = _Recording()
+    _, report = convert(model, calib=calib, sequential=False, progress=False, fit=fit)
+    prepared = prepare(model)
+    mlps = find_mlps(prepared).mlps
+    fit_feeds, _ = calibrate.split(calib, 16)
+    original = calibrate.capture(prepared, fit_feeds, [m.input for m in mlps])
+    assert len(fit.calls) == 2
+    for (x, _, _), mlp in zip(fit.calls, mlps):
+        np.testing.assert_array_equal(x, original[mlp.input])
+    alone = [row["fidelity_alone"] for row in report["mlps"]]
+    assert all(-1.0 <= a <= 1.0 for a in alone) and -1.0 <= report["fidelity"] <= 1.0
+
+
+def test_budget_is_split_over_all_fits_and_layers_pick_mlps():
+    fit = _Recording()
+    _, report = convert(_two_mlps(), calib=_calib(), layers="1", budget_seconds=3.0, progress=False, fit=fit)
+    assert [row["replaced"] for row in report["mlps"]] == [False, True]
+    assert report["mlps"][0]["reason"] == "not selected"
+    assert {call[2]["budget_seconds"] for call in fit.calls} == {3.0 / 4}  # 2 local + up to 2 sequential fits
+
+
+def test_auto_respects_the_floor_and_orders_by_sensitivity():
+    _, everything = convert(_two_mlps(), calib=_calib(), layers="auto", fidelity_floor=-1.0, progress=False)
+    assert everything["mlps_replaced"] == 2
+    _, nothing = convert(_two_mlps(), calib=_calib(), layers="auto", fidelity_floor=1.5, progress=False)
+    assert nothing["mlps_replaced"] == 0 and nothing["fidelity"] == 1.0
+
+
+def test_input_model_is_not_modified_and_totals_add_up():
+    model = _two_mlps()
+    before = model.SerializeToString()
+    converted, report = convert(model, calib=_calib(), progress=False, sensitivity=False)
+    assert model.SerializeToString() == before
+    from quweit.custom_ops import read_blocks
+
+    blocks = read_blocks(converted)
+    assert report["macs_before"] == 2 * 2 * D * H
+    assert report["macs_after"] == sum(b.in_features + b.out_features for b in blocks)
+    assert report["mult_share_removed"] == pytest.approx(1 - report["macs_after"] / report["macs_before"])
+
+
+def test_replace_mlps_without_fitting_uses_given_blocks():
+    from quweit.custom_ops import random_params
+
+    rng = np.random.default_rng(5)
+    chosen = []
+
+    def params_for(mlp):
+        chosen.append(mlp.output)
+        return random_params(rng, in_features=D, out_features=D, thresholds_per_feature=2, lut_inputs=3) if len(chosen) == 2 else None
+
+    converted, report = replace_mlps(_two_mlps(), params_for)
+    assert (report["mlps_found"], report["mlps_replaced"]) == (2, 1)
+    assert sum(n.domain == "quweit" for n in converted.graph.node) == 1
+
+
+def test_errors():
+    plain = _two_mlps()
+    del plain.graph.node[:]
+    plain.graph.node.extend([helper.make_node("Relu", ["x"], ["r1"])])
+    with pytest.raises(NoMlpError, match="no MLP"):
+        convert(plain, calib=_calib(), progress=False)
+    with pytest.raises(BadInputError, match="missing"):
+        convert(_two_mlps(), calib={"y": np.zeros((2, 3, D), np.float32)}, progress=False)
+    with pytest.raises(BadInputError, match="indices"):
+        convert(_two_mlps(), calib=_calib(), layers="0,9", progress=False)
