@@ -105,8 +105,10 @@ def convert(
     fit_feeds, held_out = calibrate.split(calib, CALIB_BATCH)
     reference = calibrate.outputs(prepared, held_out)
     mlps = detection.mlps
-    n_fits = len(mlps) * (2 if sequential else 1) if (sensitivity or selection == "auto") else len(mlps)
-    per_fit = None if budget_seconds is None else max(0.0, budget_seconds) / max(1, n_fits)
+    need_local = sensitivity or selection == "auto" or not sequential
+    # budget: an even share for every fit that may run (local fits, then sequential refits)
+    most_fits = (len(mlps) if need_local else 0) + (len(mlps) if sequential else 0)
+    per_fit = None if budget_seconds is None else max(0.0, budget_seconds) / max(1, most_fits)
 
     def fit_one(mlp: MlpMatch, x: np.ndarray, y: np.ndarray, bar) -> WeightlessBlockParams:
         cfg = config or default_config(mlp.d_in, mlp.d_out)
@@ -115,15 +117,16 @@ def convert(
         bar.update(1)
         return params
 
-    with tqdm(total=n_fits, desc="fitting blocks", unit="block", disable=not progress) as bar:
+    with tqdm(total=len(mlps) if need_local else 0, desc="fitting blocks", unit="block", disable=not progress) as bar:
         local: dict[str, WeightlessBlockParams] = {}
         scores: dict[str, float] = {}
-        if sensitivity or selection == "auto" or not sequential:
+        if need_local:
             pairs = calibrate.capture(prepared, fit_feeds, [n for m in mlps for n in (m.input, m.output)])
             for mlp in mlps:
                 local[mlp.output] = fit_one(mlp, pairs[mlp.input], pairs[mlp.output], bar)
             del pairs
-            for mlp in mlps:
+            for i, mlp in enumerate(mlps):
+                bar.set_postfix_str(f"sensitivity: model with only MLP {i} converted")
                 alone, _ = rewrite_mlps(prepared, {mlp.output: local[mlp.output]})
                 scores[mlp.output] = calibrate.fidelity(reference, calibrate.outputs(alone, held_out))
         if selection == "all":
@@ -133,15 +136,16 @@ def convert(
         else:
             chosen_mlps = [mlps[i] for i in selection]
         chosen: dict[str, WeightlessBlockParams] = {}
+        refits = [m for i, m in enumerate(chosen_mlps) if sequential and (i > 0 or m.output not in local)]
+        bar.total += len(refits)
+        bar.refresh()
         for mlp in chosen_mlps:  # graph order
-            if sequential and (chosen or mlp.output not in local):
+            if mlp in refits:
                 current, _ = rewrite_mlps(prepared, chosen)
                 pairs = calibrate.capture(current, fit_feeds, [mlp.input, mlp.output])
                 chosen[mlp.output] = fit_one(mlp, pairs[mlp.input], pairs[mlp.output], bar)
             else:
                 chosen[mlp.output] = local[mlp.output]
-        bar.total = bar.n
-        bar.refresh()
 
     converted, _ = rewrite_mlps(prepared, chosen)
     final = calibrate.fidelity(reference, calibrate.outputs(converted, held_out)) if chosen else 1.0
