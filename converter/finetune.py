@@ -35,6 +35,7 @@ class FinetuneOptions:
     seed: int = 0
     candidates: int = 1  # mapping candidates per LUT slot (1: the fitted mapping stays fixed)
     checkpoint_every: int = 50
+    mask_input: str | None = "attention_mask"  # distil only real tokens when this input is present
     table_magnitude: float = 0.25  # |entry| of fitted tables: small enough that EFD can flip them
     budget_seconds: float | None = None
 
@@ -85,13 +86,19 @@ class Teacher:
         return self.session.run(None, feeds)
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, variance: float) -> torch.Tensor:
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, variance: float,
+                      mask: torch.Tensor | None = None, tokens_per_sample: float = 1.0) -> torch.Tensor:
     """Mean squared error over the teacher's output variance (1.0 = predicting the mean).
 
-    `variance` is measured once on the data, not per batch, so every process of a distributed run
+    With a token `mask [B, S]` only real tokens count, divided by a fixed mean token count. The
+    normalisers are measured once on the data, not per batch, so every process of a distributed run
     optimises the same objective and the averaged gradients equal the global batch's.
     """
-    return ((student - teacher) ** 2).mean() / variance
+    squared = (student - teacher) ** 2
+    if mask is None:
+        return squared.mean() / variance
+    per_token = squared.mean(-1) * mask
+    return per_token.sum() / (mask.shape[0] * tokens_per_sample) / variance
 
 
 def task_loss(student: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -146,6 +153,8 @@ def finetune(
     if teacher is not None:
         probe = {n: np.ascontiguousarray(data[n][: min(rows, 64)]) for n in names}
         variance = max(float(np.var(teacher(probe)[0], dtype=np.float64)), 1e-12)
+    mask_name = options.mask_input if options.mask_input in names else None
+    tokens_per_sample = float(np.asarray(data[mask_name]).sum(-1).mean()) if mask_name else 1.0
     start = time.monotonic()
     bar = tqdm(total=options.steps, initial=step, desc="finetune", unit="step", disable=not progress or rank)
     while step < options.steps:
@@ -157,7 +166,11 @@ def finetune(
         output = model(**{n: torch.from_numpy(v) for n, v in feeds.items()})
         output = output[0] if isinstance(output, tuple) else output
         if teacher is not None:
-            loss = distillation_loss(output, torch.from_numpy(teacher(feeds)[0]), variance)
+            target = torch.from_numpy(teacher(feeds)[0])
+            mask = torch.from_numpy(feeds[mask_name]).to(output.dtype) if mask_name else None
+            if mask is not None and tuple(mask.shape) != tuple(output.shape[:-1]):
+                mask = None
+            loss = distillation_loss(output, target, variance, mask, tokens_per_sample)
         else:
             loss = task_loss(output, torch.from_numpy(np.asarray(data[LABELS][mine])))
         optimizer.zero_grad(set_to_none=True)

@@ -44,9 +44,13 @@ def efd_matrix(lut_inputs: int) -> torch.Tensor:
 
 
 def lut_addresses(slot_bits: torch.Tensor) -> torch.Tensor:
-    """0/1 bits `[B, L, n]` -> int64 addresses `[B, L]`, slot `l` driving address bit `l`."""
-    shifts = torch.arange(slot_bits.shape[-1], device=slot_bits.device)
-    return (slot_bits.to(torch.int64) << shifts).sum(-1)
+    """0/1 bits `[B, L, n]` -> int64 addresses `[B, L]`, slot `l` driving address bit `l`.
+
+    Computed as a float matrix-vector product (exact: addresses < 2^8), far cheaper than int64 shifts.
+    """
+    n = slot_bits.shape[-1]
+    weights = (2.0 ** torch.arange(n, device=slot_bits.device)).to(slot_bits.dtype)
+    return (slot_bits.reshape(-1, n) @ weights).reshape(slot_bits.shape[:-1]).to(torch.int64)
 
 
 class LutLayerEFD(torch.autograd.Function):
@@ -58,7 +62,7 @@ class LutLayerEFD(torch.autograd.Function):
         flat = torch.arange(rows, device=tables.device) * entries + lut_addresses(slot_bits)
         ctx.save_for_backward(flat, tables)
         ctx.lut_inputs = slot_bits.shape[-1]
-        return (tables.reshape(-1)[flat] > 0).to(tables.dtype)
+        return (torch.take(tables, flat) > 0).to(tables.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -72,7 +76,8 @@ class LutLayerEFD(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             matrix = _efd_matrix_cached(ctx.lut_inputs).to(tables.dtype)
             per_address = torch.einsum("lak,rk->ral", matrix, tables).reshape(rows * entries, -1)
-            grad_bits = grad[..., None] * per_address[flat]
+            picked = torch.index_select(per_address, 0, flat.reshape(-1)).reshape(*flat.shape, -1)
+            grad_bits = grad[..., None] * picked
         return grad_bits, grad_tables
 
 

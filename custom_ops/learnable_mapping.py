@@ -32,7 +32,7 @@ class SelectBits(torch.autograd.Function):
         ctx.save_for_backward(bits, candidates, weights if weights is not None else index, index)
         ctx.has_weights = weights is not None and candidates.shape[1] > 1
         ctx.tau = tau
-        return bits[:, index]
+        return torch.index_select(bits, 1, index)
 
     @staticmethod
     def backward(ctx, grad):
