@@ -12,6 +12,7 @@ import dataclasses
 import onnx
 import onnx_ir as ir
 import onnxscript.optimizer
+from onnx_ir.passes.common import NameFixPass, RemoveUnusedOpsetsPass
 
 from quweit.custom_ops import WeightlessBlockParams, attach_decomposition
 
@@ -32,7 +33,7 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     model = upgrade_opset(model)
     ir_model = _to_ir(model)
     onnxscript.optimizer.optimize(ir_model)
-    ir.passes.common.NameFixPass()(ir_model)
+    NameFixPass()(ir_model)
     return ir.serde.serialize_model(ir_model)
 
 
@@ -92,7 +93,7 @@ def rewrite_mlps(model: onnx.ModelProto, params: dict[str, WeightlessBlockParams
     recorder = _Recorder(lambda mlp: params.get(mlp.output, "not selected"))
     ir_model, count = _apply(model, recorder)
     onnxscript.optimizer.remove_unused_nodes(ir_model)
-    ir.passes.common.RemoveUnusedOpsetsPass()(ir_model) if hasattr(ir.passes.common, "RemoveUnusedOpsetsPass") else None
+    RemoveUnusedOpsetsPass()(ir_model)
     _name_blocks(ir_model, recorder)
     out = ir.serde.serialize_model(ir_model)
     return (attach_decomposition(out) if count else out), count
