@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -240,9 +241,15 @@ def write_benches(model, blocks, reports, verilog_dir: Path, opts, rng, log) -> 
         rtl = RtlBlock(report.module, report.params, opts.pipeline, node=report.node)
         write_testbench(rtl, np.concatenate([real, random]), verilog_dir)
     if opts.verify:
-        for report in tqdm(reports, desc=f"simulating ({opts.simulator})", unit="block"):
+        def run(report: BlockReport) -> None:
             rtl = RtlBlock(report.module, report.params, opts.pipeline, node=report.node)
             report.simulation = simulate_block(rtl, verilog_dir, simulator=opts.simulator)
+
+        # one simulator process per core; each block's testbench is independent
+        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+            for _ in tqdm(pool.map(run, reports), total=len(reports), desc=f"simulating ({opts.simulator})",
+                          unit="block"):
+                pass
 
 
 def make_report(opts: CompileOptions, reports: list[BlockReport], seconds: float) -> dict:

@@ -3,6 +3,11 @@
 TVM 0.27's importer has no custom-converter argument; it reads `onnx_frontend._get_convert_map()` on
 every call, so `register_onnx_converter()` wraps that function once (idempotent) and
 `unregister_onnx_converter()` restores it. The map is keyed by op_type only.
+
+The same registration also corrects TVM 0.27's `ConstantOfShape` for a one-element `value` tensor
+(the usual encoding, e.g. in every legacy-exporter transformer): TVM broadcasts the 1-D value to the
+requested shape and fails when that shape is 0-d. Passing the value as a scalar is what the ONNX
+spec means; without it no token-input transformer of tests/models.py imports into TVM.
 """
 
 from __future__ import annotations
@@ -46,6 +51,24 @@ def _converter_class():
     return WeightlessBlock
 
 
+def _constant_of_shape_class():
+    from onnx import numpy_helper
+    from tvm.relax.frontend.onnx.onnx_frontend import ConstantOfShape
+
+    class ScalarValueConstantOfShape(ConstantOfShape):
+        """TVM's converter, given the one-element `value` as a 0-d tensor (see the module docstring)."""
+
+        @classmethod
+        def _impl_v9(cls, bb, inputs, attr, params):
+            if attr.get("value") is not None:
+                value = numpy_helper.to_array(attr["value"])
+                if value.size == 1:
+                    attr = {**attr, "value": numpy_helper.from_array(value.reshape(()))}
+            return super()._impl_v9(bb, inputs, attr, params)
+
+    return ScalarValueConstantOfShape
+
+
 def _frontend():
     from tvm.relax.frontend.onnx import onnx_frontend
 
@@ -58,11 +81,12 @@ def register_onnx_converter() -> None:
     if getattr(frontend._get_convert_map, "_quweit", False):
         return
     original = frontend._get_convert_map
-    converter = _converter_class()
+    converter, constant_of_shape = _converter_class(), _constant_of_shape_class()
 
     def convert_map_with_quweit():
         table = original()
         table[OP_TYPE] = converter
+        table["ConstantOfShape"] = constant_of_shape
         return table
 
     convert_map_with_quweit._quweit = True

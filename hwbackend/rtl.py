@@ -61,6 +61,12 @@ class RtlBlock:
         return self.params.out_features * ACC_BITS
 
 
+def sum_width(bias: int, values: list[int]) -> int:
+    """Bits of one output's adder tree: every partial sum is bounded by |bias| + sum |values| (the
+    validator keeps that <= 2^31 - 1), so narrower adders are exact; the result is sign-extended to 32."""
+    return min(ACC_BITS, (abs(bias) + sum(abs(v) for v in values)).bit_length() + 1)
+
+
 def _adder_tree(out: int, leaves: list[str]) -> tuple[list[dict], str]:
     """A balanced tree of two-input adders over `leaves`; returns its nodes and the root wire."""
     nodes, level, depth = [], list(leaves), 0
@@ -102,13 +108,12 @@ def block_slots(block: RtlBlock) -> dict[str, object]:
         source = f"l{k}r" if block.pipeline else f"l{k}"
     outputs = []
     for o in range(p.out_features):
-        terms = [
-            {"slot": g, "bit": o * G + g, "value": signed_literal(int(p.encoded_values[o * G + g]), ACC_BITS)}
-            for g in range(G)
-        ]
+        values = [int(v) for v in p.encoded_values[o * G:(o + 1) * G]]
+        width = sum_width(int(p.bias[o]), values)
+        terms = [{"slot": g, "bit": o * G + g, "value": signed_literal(v, width)} for g, v in enumerate(values)]
         tree, root = _adder_tree(o, [f"v_{o}_{g}" for g in range(G)])
-        outputs.append({"index": o, "terms": terms, "tree": tree, "root": root,
-                        "bias": signed_literal(int(p.bias[o]), ACC_BITS)})
+        outputs.append({"index": o, "terms": terms, "tree": tree, "root": root, "width": width,
+                        "bias": signed_literal(int(p.bias[o]), width)})
     return {
         "name": block.name, "node": block.node, "pipeline": block.pipeline, "latency": block.latency,
         "din": p.in_features, "dout": p.out_features, "T": T, "B": B, "G": G, "n": p.lut_inputs,

@@ -13,7 +13,7 @@ from quweit.custom_ops import evaluate, make_block_model, random_params
 
 from hw_support import block, build_tvm, same_bits
 
-pytest.importorskip("tvm", reason="the hw extra (apache-tvm) is required")
+
 
 from quweit.hwbackend import cli, simulate, vectors  # noqa: E402
 from quweit.hwbackend.compile import blocks_only_model  # noqa: E402
