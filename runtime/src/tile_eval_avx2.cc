@@ -4,6 +4,7 @@
 #include "block_plan.h"
 
 #define QUWEIT_ISA avx2
+#define QUWEIT_LANES 8
 
 namespace quweit {
 namespace avx2 {

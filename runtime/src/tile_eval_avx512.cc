@@ -4,6 +4,7 @@
 #include "block_plan.h"
 
 #define QUWEIT_ISA avx512
+#define QUWEIT_LANES 16
 
 namespace quweit {
 namespace avx512 {

@@ -4,6 +4,7 @@
 #include "block_plan.h"
 
 #define QUWEIT_ISA generic
+#define QUWEIT_LANES 4
 
 namespace quweit {
 namespace generic {

@@ -24,8 +24,13 @@ struct Plane<1> {
   typedef uint64_t __attribute__((may_alias)) type;
 };
 
-typedef int32_t Lanes16 __attribute__((vector_size(64), may_alias));
-typedef float Floats16 __attribute__((vector_size(64), may_alias));
+// Conditional sums run on the ISA's native int32 vector (QUWEIT_LANES tokens per operation).
+#ifndef QUWEIT_LANES
+#error "define QUWEIT_LANES (int32 lanes of the ISA's vectors) before including tile_eval_impl.h"
+#endif
+constexpr int kLanes = QUWEIT_LANES;
+typedef int32_t Lanes __attribute__((vector_size(4 * kLanes), may_alias));
+typedef float Floats __attribute__((vector_size(4 * kLanes), may_alias));
 
 #define QUWEIT_INLINE inline __attribute__((always_inline))
 
@@ -151,17 +156,19 @@ QUWEIT_INLINE void eval_layer(const BlockPlan& plan, int k, const uint64_t* in, 
   }
 }
 
-// Spec 3.4 + 3.5 for a block of outputs: per 16 tokens, acc = bias + sum of encoded values whose LUT
-// bit is set (a lane mask from 16 bits of the plane), then fl32(acc) * output_scale into the staging
+// Spec 3.4 + 3.5 for a block of outputs: per kLanes tokens, acc = bias + sum of encoded values whose LUT
+// bit is set (a lane mask from kLanes bits of the plane), then fl32(acc) * output_scale into the staging
 // buffer yt[output][token]; finally rows of Y are written contiguously.
 template <int K>
 QUWEIT_INLINE void sum_and_store(const BlockPlan& plan, const uint64_t* bits, float* y, int64_t begin,
                                  int64_t count, float* yt) {
   constexpr int kTokens = 64 * K;
-  const Lanes16 lane_bit = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+  constexpr uint64_t kChunkMask = (uint64_t{1} << kLanes) - 1;
+  Lanes lane_bit;
+  for (int i = 0; i < kLanes; ++i) lane_bit[i] = 1 << i;
   const int d_out = plan.out_features;
   const int g_size = plan.group_size;
-  const int chunks = static_cast<int>((count + 15) / 16);
+  const int chunks = static_cast<int>((count + kLanes - 1) / kLanes);
   for (int o0 = 0; o0 < d_out; o0 += kOutputBlock) {
     const int ob = d_out - o0 < kOutputBlock ? d_out - o0 : kOutputBlock;
     for (int oo = 0; oo < ob; ++oo) {
@@ -170,13 +177,14 @@ QUWEIT_INLINE void sum_and_store(const BlockPlan& plan, const uint64_t* bits, fl
       const int32_t* values = plan.encoded_values + static_cast<int64_t>(o) * g_size;
       const float scale = plan.output_scale[o];
       for (int c = 0; c < chunks; ++c) {
-        Lanes16 acc = lane_bit * 0 + plan.bias[o];
+        const int first = c * kLanes;
+        Lanes acc = lane_bit * 0 + plan.bias[o];
         for (int g = 0; g < g_size; ++g) {
-          const int32_t sixteen = static_cast<int32_t>((group[g * K + (c >> 2)] >> ((c & 3) * 16)) & 0xFFFF);
-          const Lanes16 mask = (lane_bit & sixteen) != 0;
+          const int32_t chunk = static_cast<int32_t>((group[g * K + (first >> 6)] >> (first & 63)) & kChunkMask);
+          const Lanes mask = (lane_bit & chunk) != 0;
           acc += mask & values[g];
         }
-        *reinterpret_cast<Floats16*>(yt + oo * kTokens + c * 16) = __builtin_convertvector(acc, Floats16) * scale;
+        *reinterpret_cast<Floats*>(yt + oo * kTokens + first) = __builtin_convertvector(acc, Floats) * scale;
       }
     }
     for (int64_t m = 0; m < count; ++m) {
