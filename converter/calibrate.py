@@ -8,7 +8,7 @@ for a transformer), over the held-out calibration batches, ignoring padded token
 from __future__ import annotations
 
 import warnings
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -118,7 +118,7 @@ def batches(calib: dict[str, np.ndarray], size: int, start: int = 0, stop: int |
 def split(calib: dict[str, np.ndarray], batch: int, holdout: float = 0.25) -> tuple[list[Batch], list[Batch]]:
     """(fit batches, held-out batches): the last `holdout` share of samples is kept for measuring fidelity."""
     n = next(iter(calib.values())).shape[0]
-    cut = n - max(1, int(round(n * holdout))) if n > 1 else n
+    cut = n - max(1, round(n * holdout)) if n > 1 else n
     return batches(calib, batch, 0, cut), (batches(calib, batch, cut) if cut < n else batches(calib, batch))
 
 

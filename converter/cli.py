@@ -91,7 +91,7 @@ def _run(args) -> int:
     else:
         source = Path(args.model)
     output = Path(args.output) if args.output else source.with_name(
-        (source.name[:-5] if source.name.endswith(".onnx") else source.name) + ".quweit.onnx")
+        (source.name.removesuffix(".onnx")) + ".quweit.onnx")
     if output.exists() and not args.force:
         raise ConvertError(f"{output} exists; pass --force to overwrite it")
     if output.resolve() == source.resolve():

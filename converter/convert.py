@@ -9,13 +9,12 @@ only that MLP converted) and the order in which `layers="auto"` converts MLPs un
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx
-from tqdm.auto import tqdm
-
 from quweit.custom_ops import BlockConfig, WeightlessBlockParams, default_config
+from tqdm.auto import tqdm
 
 from . import calibrate, costs
 from .detect import Detection, find_mlps, prepare, rewrite_mlps
@@ -51,7 +50,7 @@ def replace_mlps(model: onnx.ModelProto, params_for: ParamsFor | None = None) ->
         params = params_for(mlp)
         if params is not None:
             chosen[mlp.output] = params
-    converted, count = rewrite_mlps(prepared, chosen)
+    converted = _rewrite_all(prepared, chosen)
     reasons = {m.output: "not selected" for m in detection.mlps if m.output not in chosen}
     return converted, build_report(prepared, converted, detection, chosen, reasons)
 
@@ -147,7 +146,7 @@ def convert(
             else:
                 chosen[mlp.output] = local[mlp.output]
 
-    converted, _ = rewrite_mlps(prepared, chosen)
+    converted = _rewrite_all(prepared, chosen)
     final = calibrate.fidelity(reference, calibrate.outputs(converted, held_out)) if chosen else 1.0
     reasons = {m.output: ("below the fidelity floor" if selection == "auto" else "not selected")
                for m in mlps if m.output not in chosen}
@@ -163,6 +162,13 @@ def convert(
         "seconds": round(time.monotonic() - started, 1),
     })
     return converted, report
+
+
+def _rewrite_all(prepared: onnx.ModelProto, chosen: dict[str, WeightlessBlockParams]) -> onnx.ModelProto:
+    converted, count = rewrite_mlps(prepared, chosen)
+    if count != len(chosen):  # detection and rewrite share their rules: a mismatch is a bug, never a result
+        raise RuntimeError(f"internal error: rewrote {count} MLPs but {len(chosen)} were chosen")
+    return converted
 
 
 def _auto_select(prepared, mlps, local, scores, reference, held_out, floor) -> list[MlpMatch]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-
 from quweit.custom_ops import WeightlessBlockParams
 
 

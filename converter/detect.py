@@ -13,7 +13,6 @@ import onnx
 import onnx_ir as ir
 import onnxscript.optimizer
 from onnx_ir.passes.common import NameFixPass, RemoveUnusedOpsetsPass
-
 from quweit.custom_ops import WeightlessBlockParams, attach_decomposition
 
 from .mlp import MlpMatch
@@ -75,7 +74,7 @@ def _apply(model: onnx.ModelProto, recorder: _Recorder) -> tuple[ir.Model, int]:
 def find_mlps(model: onnx.ModelProto) -> Detection:
     """Every MLP of a prepared model, in graph order, plus why other Linear layers are not MLPs."""
     recorder = _Recorder()
-    ir_model, _ = _apply(model, recorder)
+    _apply(model, recorder)
     order = {node.name: i for i, node in enumerate(model.graph.node)}
     mlps = sorted(recorder.found.values(), key=lambda m: min(order.get(n, 1 << 30) for n in m.nodes))
     in_mlp = {n for m in mlps for n in m.nodes}
@@ -121,6 +120,6 @@ def _unmatched_linears(model: onnx.ModelProto, mlps: list[MlpMatch], explained: 
             continue  # activation x activation products (attention scores) are not Linear layers
         dims = list(inits[node.input[1]].dims)
         after = [f"{c.op_type} '{c.name}'" for c in consumers.get(node.output[0], [])] or ["graph output"]
-        reasons.append((node.name, f"Linear {dims} is not part of Linear -> activation -> Linear "
-                                   f"(its output goes to {', '.join(after)})"))
+        reason = f"Linear {dims} is not part of Linear -> activation -> Linear (its output goes to {', '.join(after)})"
+        reasons.append((node.name, reason))
     return reasons

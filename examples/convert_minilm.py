@@ -15,7 +15,6 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
-
 from quweit.converter import minilm
 from quweit.converter.convert import convert
 

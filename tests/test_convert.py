@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-
 from quweit.converter import calibrate
 from quweit.converter.convert import convert, replace_mlps
 from quweit.converter.detect import find_mlps, prepare, rewrite_mlps

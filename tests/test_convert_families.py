@@ -8,14 +8,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
+from models import EXPORT_SHAPE, EXPORTERS, FAMILIES, LAYERS, export, reference_inputs
 from quweit.converter.calibrate import capture
 from quweit.converter.convert import replace_mlps
 from quweit.converter.detect import find_mlps, prepare
-
 from quweit.custom_ops import evaluate, read_blocks
-
-from models import EXPORT_SHAPE, EXPORTERS, FAMILIES, LAYERS, export, reference_inputs
 
 CASES = [(f, e) for f in FAMILIES for e in EXPORTERS]
 

@@ -9,7 +9,6 @@ import onnx.parser
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
-
 from quweit.converter.convert import replace_mlps
 from quweit.converter.detect import find_mlps, prepare
 
@@ -20,8 +19,8 @@ ACTS = {
     "gelu_erf_legacy": ("h_div = Div(h, c_sqrt2)\n e = Erf(h_div)\n e1 = Add(c_one, e)\n p = Mul(h, e1)\n a = Mul(p, c_half)", "gelu"),
     "gelu_op": ("a = Gelu(h)", "gelu"),
     "gelu_op_tanh": ('a = Gelu <approximate = "tanh"> (h)', "gelu_tanh"),
-    "gelu_tanh": ("hh = Mul(h, c_half)\n p3 = Pow(h, c_three)\n k = Mul(p3, c_gk)\n s = Add(h, k)\n t0 = Mul(s, c_s2pi)\n"
-                  " t = Tanh(t0)\n t1 = Add(t, c_one)\n a = Mul(hh, t1)", "gelu_tanh"),
+    "gelu_tanh": ("hh = Mul(h, c_half)\n p3 = Pow(h, c_three)\n k = Mul(p3, c_gk)\n s = Add(h, k)\n"
+                  + " t0 = Mul(s, c_s2pi)\n t = Tanh(t0)\n t1 = Add(t, c_one)\n a = Mul(hh, t1)", "gelu_tanh"),
     "relu": ("a = Relu(h)", "relu"),
     "silu": ("s = Sigmoid(h)\n a = Mul(s, h)", "silu"),
     "quick_gelu": ("k = Mul(c_qg, h)\n s = Sigmoid(k)\n a = Mul(h, s)", "quick_gelu"),

@@ -29,5 +29,13 @@ def mlp_rules(decide: Decide) -> pattern.RewriteRuleSet:
     return pattern.RewriteRuleSet(rules, commute=True)
 
 
-__all__ = ["Decide", "GatedMlp", "LINEAR_KINDS", "LinearActLinear", "MlpRule", "activation_fusions",
-           "inline_activations", "mlp_rules"]
+__all__ = [
+    "LINEAR_KINDS",
+    "Decide",
+    "GatedMlp",
+    "LinearActLinear",
+    "MlpRule",
+    "activation_fusions",
+    "inline_activations",
+    "mlp_rules",
+]

@@ -7,20 +7,19 @@ callback that records and declines, so detection and rewrite can never disagree 
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter._basics import MatchResult
-
 from quweit.custom_ops import DOMAIN, OP_TYPE, WeightlessBlockParams
 
 from ..mlp import MlpMatch
 from .activations import ACTIVATION_OPS
 from .linear import NotALinear, read_linear
 
-Decide = Callable[[MlpMatch], Union[WeightlessBlockParams, str]]
+Decide = Callable[[MlpMatch], WeightlessBlockParams | str]
 
 
 class MlpRule(pattern.RewriteRuleClassBase):

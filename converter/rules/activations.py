@@ -8,7 +8,7 @@ order of Add/Mul is covered by the rule set's `commute=True`.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from onnx_ir.passes.common import InlinePass
 from onnxscript.rewriter import pattern
