@@ -16,7 +16,7 @@ from pathlib import Path
 from quweit.custom_ops import BlockConfig
 
 from .convert import DEFAULT_FIDELITY_FLOOR, convert
-from .errors import EXIT_OK, ConvertError
+from .errors import EXIT_OK, ConvertError, NoMlpError
 from .modelio import has_external_data, load_model, save_model
 
 
@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except ConvertError as err:
         print(f"quweit-convert: error: {err}", file=sys.stderr)
+        if args.explain and isinstance(err, NoMlpError):
+            print("candidates that did not match:" if err.rejected else "no candidates (no Linear layer found)")
+            for where, reason in err.rejected:
+                print(f"  {where}: {reason}")
         return err.exit_code
     except KeyboardInterrupt:
         print("quweit-convert: interrupted; no output written", file=sys.stderr)

@@ -94,7 +94,8 @@ def convert(
     prepared = prepare(model)
     detection = find_mlps(prepared)
     if not detection.mlps:
-        raise NoMlpError("no MLP found in the model (run with --explain to see why candidates did not match)")
+        raise NoMlpError("no MLP found in the model (--explain says why candidates did not match)",
+                         detection.rejected)
     selection = parse_layers(layers, len(detection.mlps))
     synthetic = calib is None
     if synthetic:

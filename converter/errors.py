@@ -18,6 +18,10 @@ class BadInputError(ConvertError):
 
 
 class NoMlpError(ConvertError):
-    """A valid model in which no MLP was found."""
+    """A valid model in which no MLP was found; `rejected` says why each candidate was turned down."""
 
     exit_code = EXIT_NO_MLP
+
+    def __init__(self, message: str, rejected: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.rejected = rejected or []

@@ -85,6 +85,14 @@ def test_external_data_in_and_out(tmp_path):
     assert sum(1 for n in onnx.load(str(out)).graph.node if n.domain == "quweit") == 1
 
 
+def test_old_opset_is_upgraded(tmp_path):
+    model = _mlp_model(tmp_path / "old.onnx", opset=13)
+    assert main([str(model), "--quiet", "--no-sensitivity", "--calib", str(_calib(tmp_path / "c.npz"))]) == 0
+    converted = onnx.load(str(tmp_path / "old.quweit.onnx"))
+    assert {o.domain: o.version for o in converted.opset_import}[""] == 18
+    onnx.checker.check_model(converted, full_check=True)
+
+
 def test_synthetic_calibration_warns_loudly(tmp_path):
     model = _mlp_model(tmp_path / "m.onnx")
     with pytest.warns(UserWarning, match="RANDOM inputs"):
@@ -147,7 +155,9 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
 def test_no_mlp_exits_3_and_writes_nothing(tmp_path, capsys):
     model = _mlp_model(tmp_path / "plain.onnx", with_mlp=False)
     assert main([str(model), "--quiet", "--explain"]) == 3
-    assert "no MLP found" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "no MLP found" in captured.err
+    assert "proj: Linear [8, 8] is not part of Linear -> activation -> Linear (its output goes to Relu 'act')" in captured.out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.onnx"]
 
 

@@ -40,8 +40,8 @@ def mlp_forward(mlp, x: np.ndarray) -> np.ndarray:
             "quick_gelu": lambda h: h * torch.sigmoid(1.702 * h)}
 
     def linear(v, w, b):
-        y = v @ torch.from_numpy(w).double()
-        return y if b is None else y + torch.from_numpy(b).double()
+        y = v @ torch.tensor(w, dtype=torch.float64)
+        return y if b is None else y + torch.tensor(b, dtype=torch.float64)
 
     t = torch.from_numpy(x).double()
     h = acts[mlp.activation](linear(t, mlp.w_up, mlp.b_up))
