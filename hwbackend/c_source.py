@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-
 from quweit.custom_ops import WeightlessBlockParams
 
-from .templates import render
+from .render import render
 
 
 def _float_literals(values: np.ndarray) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-
 from quweit.custom_ops import attach_decomposition, block_nodes
 
 from .errors import HwBackendError

@@ -8,6 +8,7 @@ with nothing written to OUTDIR.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -61,11 +62,15 @@ def main(argv: list[str] | None = None) -> int:
         simulator=args.simulator, pipeline=args.pipeline, random_vectors=args.vectors,
         inputs=args.inputs, seed=args.seed, force=args.force,
     )
+    # SIGTERM unwinds like Ctrl-C, so the temporary build folder is removed on the way out
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         report, blocks = compile_model(opts)
     except HwBackendError as err:
         print(f"quweit-compile: error: {err}", file=sys.stderr)
         return err.exit_code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(summary_table(report))
     print(f"wrote {args.output} ({report['seconds']} s)")
     if report["verified"] is False:

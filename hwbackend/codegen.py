@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import tvm_ffi
-
 from quweit.custom_ops import WeightlessBlockParams
 
 from .c_source import render_c_block

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from tqdm import tqdm
-
 from quweit.custom_ops import WeightlessBlockError, WeightlessBlockParams, quantize_inputs, read_blocks
+from tqdm import tqdm
 
 from .errors import HwBackendError
 from .limits import check_rtl_supported
@@ -114,7 +113,6 @@ def blocks_only_model(blocks: list[WeightlessBlockParams]) -> onnx.ModelProto:
     """All blocks side by side (input `X<k>` -> output `Y<k>`, rows of D_in): what TVM compiles when its
     ONNX importer cannot convert the rest of the model."""
     from onnx import TensorProto, helper
-
     from quweit.custom_ops import attach_decomposition, make_block_node
 
     nodes, inits, inputs, outputs = [], [], [], []
@@ -139,7 +137,7 @@ def import_model(model: onnx.ModelProto, blocks: list[WeightlessBlockParams]):
         return from_onnx(model), "model", None
     except WeightlessBlockError as err:
         raise HwBackendError(str(err)) from err
-    except Exception as err:  # TVM's importer raises many unrelated types for unsupported graphs
+    except Exception as err:  # noqa: BLE001  (TVM's importer raises many unrelated types for unsupported graphs)
         reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
         return from_onnx(blocks_only_model(blocks)), "blocks", reason
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 
-
 from quweit.custom_ops import OP_TYPE, PARAM_NAMES, WeightlessBlockError, WeightlessBlockParams
 
 from .lowering import emit_block

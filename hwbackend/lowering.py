@@ -12,7 +12,6 @@ which is what the BYOC codegen sees.
 from __future__ import annotations
 
 import numpy as np
-
 from quweit.custom_ops import WeightlessBlockParams
 
 PRIMFUNC_NAME = "quweit_weightless_block"
@@ -31,6 +30,8 @@ def params_from_arguments(arrays: list[np.ndarray], node: str | None = None) -> 
     """Inverse of `call_arguments`: rebuild (and validate again) the block from the constants."""
     input_scale, thresholds, input_range, *layers, encoded_values, bias, output_scale = arrays
     qmin, qmax = (int(v) for v in input_range)
+    if qmin != -qmax - 1:
+        raise ValueError(f"quweit block {node}: input range [{qmin}, {qmax}] is not a two's complement range")
     mappings, tables = layers[0::2], layers[1::2]
     return WeightlessBlockParams(
         lut_inputs=int(mappings[0].shape[1]),

@@ -13,7 +13,7 @@ import re
 
 from quweit.custom_ops import WeightlessBlockParams
 
-from .templates import render
+from .render import render
 
 ACC_BITS = 32
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

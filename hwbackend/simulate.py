@@ -57,7 +57,7 @@ def require_simulator(simulator: str) -> None:
 
 def _run(command: list[str], cwd: Path, what: str, timeout: float) -> str:
     try:
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as err:
         raise HwBackendError(f"{what} timed out after {timeout:.0f} s: {' '.join(command)}") from err
     if done.returncode != 0:

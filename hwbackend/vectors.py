@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from quweit.custom_ops import WeightlessBlockParams, integer_core
 
 from .rtl import ACC_BITS

@@ -7,16 +7,11 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
-from quweit.custom_ops import evaluate, make_block_model, random_params
-
 from hw_support import block, build_tvm, same_bits
-
-
-
-from quweit.hwbackend import cli, simulate, vectors  # noqa: E402
-from quweit.hwbackend.compile import blocks_only_model  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper
+from quweit.custom_ops import evaluate, make_block_model, random_params
+from quweit.hwbackend import cli, simulate, vectors
+from quweit.hwbackend.compile import blocks_only_model
 
 
 def _chain(path):
@@ -54,8 +49,8 @@ def test_compile_and_verify_two_blocks(tmp_path, capsys):
     assert (out / "verilog" / "quweit_top.v").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
     # the exported TVM library runs the whole model bit-exactly
-    from tvm import relax
     import tvm
+    from tvm import relax
 
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(out / "model.so")), tvm.cpu())
     x = (np.random.default_rng(0).standard_normal((2, 3, 4)) * 20).astype(np.float32)
@@ -140,10 +135,10 @@ def test_refuses_to_clobber_without_force(tmp_path, capsys):
 
 def test_blocks_only_library_matches_reference(tmp_path):
     """The fallback TVM compiles when its importer cannot convert the rest of a model."""
+    import tvm
     from quweit.hwbackend.frontend import from_onnx
     from quweit.hwbackend.patterns import partition_for_quweit
     from tvm import relax
-    import tvm
 
     blocks = [block(51, n=5, layers=2), block(52, n=2, layers=1, d_in=3)]
     mod = relax.transform.RunCodegen()(partition_for_quweit(from_onnx(blocks_only_model(blocks))))

@@ -6,17 +6,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
-from quweit.custom_ops import evaluate, make_block_model, make_block_node, attach_decomposition
-
+import tvm
 from hw_support import activations, block, build_tvm, run_ort, run_vm, same_bits
-
-import tvm  # noqa: E402  (the hw extra; CI installs it)
-from tvm import relax  # noqa: E402
-
-from quweit.hwbackend import frontend  # noqa: E402
-from quweit.hwbackend.patterns import partition_for_quweit  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper
+from quweit.custom_ops import attach_decomposition, evaluate, make_block_model, make_block_node
+from quweit.hwbackend import frontend
+from quweit.hwbackend.patterns import partition_for_quweit
+from tvm import relax
 
 CASES = [(n, layers) for n in range(1, 9) for layers in (1, 2, 3) if (n + layers) % 2 == 0] + [(6, 1), (8, 3)]
 
