@@ -237,3 +237,38 @@ def test_input_with_wrong_dtype_fails_the_run():
 def test_unknown_isa_request_is_an_error_not_a_fallback():
     with isa_forced("avx9000"), pytest.raises(CREATION_ERRORS, match="QUWEIT_ISA.*avx9000"):
         make_session(kernel_only(base_params()))
+
+
+FLUSHING_SESSION_CHILD = """
+import numpy as np, onnxruntime as ort, sys
+sys.path.insert(0, sys.argv[1])
+from blocks import adversarial_inputs, same_bits
+from test_kernel import base_params, kernel_only
+from quweit.custom_ops import evaluate
+from quweit.runtime import make_session
+
+params = base_params().replace(output_scale=np.full(4, 3e-41, dtype=np.float32))  # outputs are denormals
+x = adversarial_inputs(params, (2, 300), seed=5)
+expected = evaluate(params, x)  # before any session sets FTZ/DAZ on this thread
+assert np.any((expected != 0) & (np.abs(expected) < np.finfo(np.float32).tiny)), "no denormal outputs"
+for threads in (1, 2):
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    options.intra_op_num_threads = threads
+    got = make_session(kernel_only(params), options=options).run(None, {"X": x})[0]
+    assert same_bits(got, expected), f"threads={threads}: differs under denormals-as-zero"
+print("exact")
+"""
+
+
+def test_exact_even_when_the_session_flushes_denormals():
+    """A session with denormals-as-zero (onnxruntime sets FTZ/DAZ on its threads, the caller's included)
+    must not change the op's results. In a child process: the flag would leak into this one's numpy."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    result = subprocess.run([sys.executable, "-c", FLUSHING_SESSION_CHILD, tests], capture_output=True, text=True,
+                            cwd=tests, timeout=300)
+    assert result.returncode == 0 and "exact" in result.stdout, result.stdout + result.stderr[-3000:]

@@ -2,6 +2,9 @@
 // Kernel creation validates the node once (block_params.cc) and picks the widest instruction set the
 // CPU has; Compute splits the tokens into bit-sliced tiles and hands them to onnxruntime's own intra-op
 // thread pool (KernelContext::ParallelFor), so the op never runs threads of its own.
+#include <xmmintrin.h>
+
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -45,16 +48,29 @@ int tile_words(int64_t tokens) {
   return words;
 }
 
-// Per-thread scratch, grown on demand and kept between calls (no allocation in the steady state).
+// Per-thread scratch, grown on demand and kept between calls (no allocation in the steady state);
+// nullptr when memory is exhausted (never throws: it runs on onnxruntime's pool threads).
 void* thread_scratch(size_t bytes) {
   thread_local std::unique_ptr<unsigned char[]> buffer;
   thread_local size_t capacity = 0;
   if (capacity < bytes) {
-    buffer.reset(new unsigned char[bytes]);
-    capacity = bytes;
+    buffer.reset(new (std::nothrow) unsigned char[bytes]);
+    capacity = buffer ? bytes : 0;
   }
   return buffer.get();
 }
+
+// The op's float steps (spec 3.1, 3.5) assume IEEE round-to-nearest without flush-to-zero or
+// denormals-are-zero; a session may have set FTZ/DAZ on its threads, so each tile runs with them off.
+class ExactFloatMode {
+ public:
+  ExactFloatMode() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ & ~(kFlushToZero | kDenormalsAreZero | kRounding)); }
+  ~ExactFloatMode() { _mm_setcsr(saved_); }
+
+ private:
+  static constexpr unsigned kFlushToZero = 0x8000, kDenormalsAreZero = 0x0040, kRounding = 0x6000;
+  unsigned saved_;
+};
 
 struct TileJob {
   const BlockPlan* plan;
@@ -64,13 +80,20 @@ struct TileJob {
   int64_t tokens;
   int64_t tile_tokens;
   size_t scratch_bytes;
+  std::atomic<bool> out_of_memory{false};
 };
 
 void run_tile(void* data, size_t index) {
-  const TileJob& job = *static_cast<const TileJob*>(data);
+  TileJob& job = *static_cast<TileJob*>(data);
   const int64_t begin = static_cast<int64_t>(index) * job.tile_tokens;
   const int64_t count = job.tokens - begin < job.tile_tokens ? job.tokens - begin : job.tile_tokens;
-  job.tile(*job.plan, job.x, job.y, begin, count, thread_scratch(job.scratch_bytes));
+  void* scratch = thread_scratch(job.scratch_bytes);
+  if (scratch == nullptr) {
+    job.out_of_memory = true;
+    return;
+  }
+  ExactFloatMode exact;
+  job.tile(*job.plan, job.x, job.y, begin, count, scratch);
 }
 
 }  // namespace
@@ -99,19 +122,29 @@ struct WeightlessBlockKernel {
       float* out = y.Allocate(shape);
       if (tokens == 0) return Ort::Status{nullptr};
       const int words = tile_words(tokens);
-      TileJob job{&plan_, isa_.tile[words == 1 ? 0 : words == 2 ? 1 : words == 4 ? 2 : 3], x.Data(), out, tokens,
-                  64 * static_cast<int64_t>(words), tile_scratch_bytes(plan_, words)};
+      TileJob job;
+      job.plan = &plan_;
+      job.tile = isa_.tile[words == 1 ? 0 : words == 2 ? 1 : words == 4 ? 2 : 3];
+      job.x = x.Data();
+      job.y = out;
+      job.tokens = tokens;
+      job.tile_tokens = 64 * static_cast<int64_t>(words);
+      job.scratch_bytes = tile_scratch_bytes(plan_, words);
       const size_t tiles = static_cast<size_t>((tokens + job.tile_tokens - 1) / job.tile_tokens);
       if (tiles == 1) {
         run_tile(&job, 0);
       } else {
         Ort::KernelContext(context).ParallelFor(&run_tile, tiles, 0, &job);
       }
+      if (job.out_of_memory)
+        throw std::bad_alloc();
       return Ort::Status{nullptr};
     } catch (const BlockError& error) {
       return Ort::Status(error.what(), ORT_INVALID_ARGUMENT);
     } catch (const std::bad_alloc&) {
-      return Ort::Status(("WeightlessBlock node '" + params_.node + "': out of memory").c_str(), ORT_FAIL);
+      return Ort::Status(("WeightlessBlock node '" + params_.node + "': out of memory for the tile scratch (" +
+                          std::to_string(tile_scratch_bytes(plan_, 8)) + " bytes per thread at most)").c_str(),
+                         ORT_FAIL);
     } catch (const std::exception& error) {
       return Ort::Status(error.what(), ORT_FAIL);
     }
