@@ -66,3 +66,20 @@ def test_build_names_a_bad_header_folder(monkeypatch, tmp_path):
     with pytest.raises(native.NativeBuildError, match=f"QUWEIT_ORT_INCLUDE_DIR: {tmp_path} has no onnxruntime_lite_custom_op.h"):
         native.build_library(tmp_path / "lib.so")
     assert not (tmp_path / "lib.so").exists()
+
+
+def test_only_the_dispatched_tile_code_uses_wide_vector_registers():
+    """The shipped build targets baseline x86-64: AVX/AVX-512 registers appear only in the AVX2 and
+    AVX-512 tile evaluators, which the kernel calls after checking the CPU (no -march=native)."""
+    listing = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", get_library_path()],
+                             capture_output=True, text=True, check=True).stdout
+    function, offenders, wide = "", set(), 0
+    for line in listing.splitlines():
+        if line.endswith(">:"):
+            function = line.split("<", 1)[1][:-2]
+        elif "%ymm" in line or "%zmm" in line:
+            wide += 1
+            if not function.startswith(("void quweit::avx2::", "void quweit::avx512::")):
+                offenders.add(function)
+    assert wide > 0, "no AVX code at all: the dispatched paths are missing"
+    assert not offenders, sorted(offenders)[:10]
