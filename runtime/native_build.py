@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import platform
 import shlex
 import subprocess
 import tempfile
@@ -21,15 +22,18 @@ from pathlib import Path
 LIBRARY_NAME = "libquweit_ort.so"
 SOURCE_DIR = Path(__file__).resolve().parent / "src"
 VENDORED_INCLUDE = Path(__file__).resolve().parent / "third_party" / "onnxruntime" / "include"
-SOURCES = ("custom_op.cc", "block_params.cc", "tile_eval_generic.cc", "tile_eval_avx2.cc", "tile_eval_avx512.cc")
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+#: The AVX2/AVX-512 evaluators exist on x86-64 only; elsewhere the portable one is the whole kernel.
+SOURCES = ("custom_op.cc", "block_params.cc", "tile_eval_generic.cc") + (
+    ("tile_eval_avx2.cc", "tile_eval_avx512.cc") if X86_64 else ())
 ISA_FLAGS = {
     "tile_eval_avx2.cc": ["-mavx2"],
     "tile_eval_avx512.cc": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"],
 }
 COMMON_FLAGS = [
-    "-std=c++17", "-fPIC", "-fvisibility=hidden", "-march=x86-64", "-mtune=generic",
-    "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wextra", "-Wno-psabi",
-]
+    "-std=c++17", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off", "-fno-fast-math",
+    "-Wall", "-Wextra", "-Wno-psabi",
+] + (["-march=x86-64", "-mtune=generic"] if X86_64 else [])
 OPTIMIZE = {None: ["-O3", "-DNDEBUG"], "address": ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]}
 LINK = {
     # Static libstdc++: the library must not depend on the user's C++ runtime version; -z defs proves

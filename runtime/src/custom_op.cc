@@ -2,7 +2,9 @@
 // Kernel creation validates the node once (block_params.cc) and picks the widest instruction set the
 // CPU has; Compute splits the tokens into bit-sliced tiles and hands them to onnxruntime's own intra-op
 // thread pool (KernelContext::ParallelFor), so the op never runs threads of its own.
+#if defined(__x86_64__)
 #include <xmmintrin.h>
+#endif
 
 #include <atomic>
 #include <cstdlib>
@@ -26,17 +28,25 @@ using Ort::Custom::Tensor;
 // machine has); otherwise the widest one this CPU supports.
 const IsaKernels& select_isa(const std::string& node) {
   const char* forced = std::getenv("QUWEIT_ISA");
+#if defined(__x86_64__)
   const bool has_avx2 = __builtin_cpu_supports("avx2");
   const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#else  // other architectures: the portable evaluators only
+  const bool has_avx2 = false, has_avx512 = false;
+#endif
   if (forced && *forced) {
     const std::string want = forced;
     if (want == "generic") return generic_kernels();
+#if defined(__x86_64__)
     if (want == "avx2" && has_avx2) return avx2_kernels();
     if (want == "avx512" && has_avx512) return avx512_kernels();
+#endif
     throw BlockError(node, "QUWEIT_ISA", "'" + want + "' is unknown or not supported by this CPU (generic, avx2, avx512)");
   }
+#if defined(__x86_64__)
   if (has_avx512) return avx512_kernels();
   if (has_avx2) return avx2_kernels();
+#endif
   return generic_kernels();
 }
 
@@ -62,6 +72,7 @@ void* thread_scratch(size_t bytes) {
 
 // The op's float steps (spec 3.1, 3.5) assume IEEE round-to-nearest without flush-to-zero or
 // denormals-are-zero; a session may have set FTZ/DAZ on its threads, so each tile runs with them off.
+#if defined(__x86_64__)
 class ExactFloatMode {
  public:
   ExactFloatMode() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ & ~(kFlushToZero | kDenormalsAreZero | kRounding)); }
@@ -71,6 +82,9 @@ class ExactFloatMode {
   static constexpr unsigned kFlushToZero = 0x8000, kDenormalsAreZero = 0x0040, kRounding = 0x6000;
   unsigned saved_;
 };
+#else  // elsewhere the session's float mode is used as is (onnxruntime sets flush-to-zero only on x86)
+struct ExactFloatMode {};
+#endif
 
 struct TileJob {
   const BlockPlan* plan;

@@ -1,5 +1,7 @@
-// Tile evaluators for the x86-64 baseline (SSE2): what runs on any x86-64 CPU.
+// Tile evaluators for the baseline instruction set: SSE2 on x86-64 (any x86-64 CPU), plain C++ elsewhere.
+#if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
 
 #include "block_plan.h"
 
@@ -10,6 +12,11 @@ namespace quweit {
 namespace generic {
 // 64 tokens' int16 values -> bit m set when q[m] > threshold.
 inline __attribute__((always_inline)) uint64_t gt_mask64(const int16_t* q, int16_t threshold) {
+#if !defined(__SSE2__)
+  uint64_t mask = 0;
+  for (int m = 0; m < 64; ++m) mask |= static_cast<uint64_t>(q[m] > threshold) << m;
+  return mask;
+#else
   const __m128i t = _mm_set1_epi16(threshold);
   uint64_t mask = 0;
   for (int j = 0; j < 4; ++j) {
@@ -18,6 +25,7 @@ inline __attribute__((always_inline)) uint64_t gt_mask64(const int16_t* q, int16
     mask |= static_cast<uint64_t>(static_cast<uint32_t>(_mm_movemask_epi8(_mm_packs_epi16(lo, hi)))) << (16 * j);
   }
   return mask;
+#endif
 }
 }  // namespace generic
 }  // namespace quweit
