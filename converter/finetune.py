@@ -36,6 +36,8 @@ class FinetuneOptions:
     candidates: int = 1  # mapping candidates per LUT slot (1: the fitted mapping stays fixed)
     checkpoint_every: int = 50
     mask_input: str | None = "attention_mask"  # distil only real tokens when this input is present
+    train_dense: bool = False  # also train the float initializers around the blocks (attention, norms, ...)
+    dense_lr: float = 1e-4
     table_magnitude: float = 0.25  # |entry| of fitted tables: small enough that EFD can flip them
     budget_seconds: float | None = None
 
@@ -132,20 +134,23 @@ def finetune(
         raise ValueError(f"batch size {options.batch_size} is not divisible by the {world} processes")
     local = options.batch_size // world
     torch.manual_seed(options.seed)
-    graph = OnnxGraphModule(student, candidates=options.candidates, table_magnitude=options.table_magnitude,
-                           seed=options.seed).train()
+    graph = OnnxGraphModule(student, train_dense=options.train_dense, candidates=options.candidates,
+                           table_magnitude=options.table_magnitude, seed=options.seed).train()
     if not len(graph.blocks):
         raise ValueError("the student model holds no WeightlessBlock nodes to train")
     blocks = graph.blocks
     tables = [p for b in blocks.values() for p in (*b.tables, *b.mapping_weights)]
     values = [p for b in blocks.values() for p in (b.encoded_values, b.bias)]
     model = torch.nn.parallel.DistributedDataParallel(graph, forward_sync_buffers=False) if world > 1 else graph
-    optimizer = torch.optim.Adam([{"params": tables, "lr": options.lr}, {"params": values, "lr": options.value_lr}])
+    groups = [{"params": tables, "lr": options.lr}, {"params": values, "lr": options.value_lr}]
+    if len(graph.dense):
+        groups.append({"params": list(graph.dense.values()), "lr": options.dense_lr})
+    optimizer = torch.optim.Adam(groups)
     generator = np.random.default_rng(options.seed)
     step, losses = 0, []
     if resume is not None:
         state = torch.load(resume, weights_only=False)
-        blocks.load_state_dict(state["blocks"])
+        graph.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.bit_generator.state = state["generator"]
         step, losses = state["step"], list(state["losses"])
@@ -183,15 +188,15 @@ def finetune(
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if checkpoint is not None and rank == 0 and step % options.checkpoint_every == 0:
-            _save_checkpoint(checkpoint, step, losses, blocks, optimizer, generator)
+            _save_checkpoint(checkpoint, step, losses, graph, optimizer, generator)
     bar.close()
     if checkpoint is not None and rank == 0:
-        _save_checkpoint(checkpoint, step, losses, blocks, optimizer, generator)
-    return write_back(student, graph.block_params()), losses
+        _save_checkpoint(checkpoint, step, losses, graph, optimizer, generator)
+    return write_back(student, graph.block_params(), graph.dense_arrays()), losses
 
 
-def _save_checkpoint(path: Path, step, losses, blocks, optimizer, generator) -> None:
-    _atomic_torch_save({"step": step, "losses": losses, "blocks": blocks.state_dict(),
+def _save_checkpoint(path: Path, step, losses, graph, optimizer, generator) -> None:
+    _atomic_torch_save({"step": step, "losses": losses, "model": graph.state_dict(),
                         "optimizer": optimizer.state_dict(), "generator": generator.bit_generator.state}, path)
 
 

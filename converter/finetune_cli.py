@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-2, help="learning rate of tables and mapping")
     parser.add_argument("--value-lr", type=float, default=1e-3, help="learning rate of encoded values, biases")
     parser.add_argument("--candidates", type=int, default=1, help="learnable mapping candidates per LUT slot")
+    parser.add_argument("--train-dense", action="store_true",
+                        help="also train the model's other float weights (written back too)")
+    parser.add_argument("--dense-lr", type=float, default=1e-4, help="learning rate of the other weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget-seconds", type=float, help="stop after this much training time")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: OUTPUT + .ckpt)")
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .finetune import FinetuneOptions, Teacher, finetune, load_model, save_model_atomic
 
-    for name in ("steps", "batch_size", "lr", "value_lr", "candidates", "checkpoint_every", "budget_seconds"):
+    for name in ("steps", "batch_size", "lr", "value_lr", "dense_lr", "candidates", "checkpoint_every", "budget_seconds"):
         _positive(name.replace("_", "-"), getattr(args, name))
     output = args.output or args.model.with_name(args.model.name.removesuffix(".onnx") + ".finetuned.onnx")
     if output.resolve() in {args.model.resolve(), args.data.resolve()} | (
@@ -71,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     teacher = Teacher(args.teacher) if args.teacher else None
     options = FinetuneOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, value_lr=args.value_lr,
                               seed=args.seed, candidates=args.candidates, checkpoint_every=args.checkpoint_every,
-                              budget_seconds=args.budget_seconds)
+                              budget_seconds=args.budget_seconds, train_dense=args.train_dense,
+                              dense_lr=args.dense_lr)
     checkpoint = args.checkpoint or output.with_name(output.name + ".ckpt")
     trained, losses = finetune(student, data, teacher=teacher, options=options, checkpoint=checkpoint,
                                resume=args.resume, progress=not args.no_progress)

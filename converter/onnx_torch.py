@@ -3,8 +3,9 @@
 `OnnxGraphModule` runs the main graph node by node with the torch ops of `onnx_ops`; every
 `quweit::WeightlessBlock` node becomes a trainable `custom_ops.torch_block.WeightlessBlock` submodule
 (its parameter initializers are read into the module, not kept as tensors). All other initializers are
-frozen buffers: fine-tuning changes the blocks only. `write_back` puts the trained blocks' parameters
-into a copy of the ONNX model, replacing exactly their initializers.
+frozen buffers, unless `train_dense=True` makes the floating-point ones parameters too (fine-tuning the
+rest of the network around the blocks, as the QuWeiT paper trains). `write_back` puts the trained values
+into a copy of the ONNX model, replacing exactly those initializers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import re
 
 import onnx
 import torch
-from onnx import helper
+import numpy as np
+from onnx import helper, numpy_helper
 from torch import nn
 
 from quweit.custom_ops.params import DOMAIN, OP_TYPE, WeightlessBlockParams
@@ -41,7 +43,7 @@ def _module_key(name: str, taken: set[str]) -> str:
 class OnnxGraphModule(nn.Module):
     """Executes `model.graph` in torch; `forward(**inputs)` returns the graph outputs (a tuple if several)."""
 
-    def __init__(self, model: onnx.ModelProto, **block_options) -> None:
+    def __init__(self, model: onnx.ModelProto, *, train_dense: bool = False, **block_options) -> None:
         super().__init__()
         graph = model.graph
         self.input_names = [i.name for i in graph.input]
@@ -72,11 +74,18 @@ class OnnxGraphModule(nn.Module):
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
             self._plan.append((node, None, attrs))
         self._constants: dict[str, str] = {}
+        self.dense = nn.ParameterDict()
+        self.dense_names: dict[str, str] = {}  # parameter key -> initializer name
         for index, (name, proto) in enumerate(initializers.items()):
             if name in block_inputs:
                 continue
             key = f"initializer_{index}"
-            self.register_buffer(key, tensor_from_proto(proto), persistent=False)
+            value = tensor_from_proto(proto)
+            if train_dense and value.is_floating_point() and value.ndim >= 1:
+                self.dense[key] = nn.Parameter(value)
+                self.dense_names[key] = name
+            else:
+                self.register_buffer(key, value, persistent=False)
             self._constants[name] = key
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor):
@@ -88,7 +97,7 @@ class OnnxGraphModule(nn.Module):
         if missing:
             raise ValueError(f"missing graph inputs {missing}; expected {self.input_names}")
         for name, key in self._constants.items():
-            values.setdefault(name, getattr(self, key))
+            values.setdefault(name, self.dense[key] if key in self.dense_names else getattr(self, key))
         for node, block_key, attrs in self._plan:
             if block_key is not None:
                 outputs = (self.blocks[block_key](values[node.input[0]]),)
@@ -107,12 +116,27 @@ class OnnxGraphModule(nn.Module):
         """Current parameters of every block, keyed by ONNX node name."""
         return {node: self.blocks[key].to_params(node=node) for key, node in self.block_nodes.items()}
 
+    def dense_arrays(self) -> dict[str, "np.ndarray"]:
+        """Current values of the trainable non-block initializers (only with `train_dense`), by name."""
+        return {name: self.dense[key].detach().numpy().copy() for key, name in self.dense_names.items()}
 
-def write_back(model: onnx.ModelProto, params_by_node: dict[str, WeightlessBlockParams]) -> onnx.ModelProto:
-    """A copy of `model` whose blocks' parameter initializers hold `params_by_node`; nothing else changes."""
+
+def write_back(model: onnx.ModelProto, params_by_node: dict[str, WeightlessBlockParams],
+               initializers: dict[str, "np.ndarray"] | None = None) -> onnx.ModelProto:
+    """A copy of `model` whose blocks hold `params_by_node` and whose named `initializers` hold new values
+    (same dtype and shape); nothing else changes."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     position = {t.name: k for k, t in enumerate(out.graph.initializer)}
+    for name, value in (initializers or {}).items():
+        if name not in position:
+            raise ValueError(f"no initializer named '{name}' in the model")
+        old = out.graph.initializer[position[name]]
+        old_array = numpy_helper.to_array(old)
+        if old_array.shape != value.shape or old_array.dtype != value.dtype:
+            raise ValueError(f"initializer '{name}': new value {value.dtype}{list(value.shape)} does not match "
+                             f"{old_array.dtype}{list(old_array.shape)}")
+        old.CopyFrom(numpy_helper.from_array(value, name))
     readers: dict[str, int] = {}
     for node in out.graph.node:
         for name in node.input:

@@ -165,10 +165,24 @@ def test_torchrun_two_processes_match_one_process(pair, tmp_path):
                     "--standalone", "-m", "quweit.converter.finetune_cli", *args,
                     "-o", str(tmp_path / "ddp.onnx")], check=True, env=env, cwd=tmp_path, timeout=300)
     assert finetune_main([*args, "-o", str(tmp_path / "single.onnx")]) == 0
-    ddp = torch.load(tmp_path / "ddp.onnx.ckpt", weights_only=False)["blocks"]
-    single = torch.load(tmp_path / "single.onnx.ckpt", weights_only=False)["blocks"]
+    ddp = torch.load(tmp_path / "ddp.onnx.ckpt", weights_only=False)["model"]
+    single = torch.load(tmp_path / "single.onnx.ckpt", weights_only=False)["model"]
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-5, atol=1e-6)
     a, b = (read_blocks(onnx.load(tmp_path / f"{n}.onnx"))[0] for n in ("ddp", "single"))
     assert np.array_equal(a.table_bits(), b.table_bits()) and np.array_equal(a.mapping, b.mapping)
     assert np.abs(a.encoded_values.astype(np.int64) - b.encoded_values).max() <= 1
+
+
+def test_train_dense_also_writes_back_the_other_weights(pair):
+    paths, teacher, student, data = pair
+    train = {k: v[:64] for k, v in data.items()}
+    trained, _ = finetune(student, train, teacher=Teacher(paths["teacher"]),
+                          options=FinetuneOptions(steps=5, batch_size=16, train_dense=True, dense_lr=1e-3),
+                          progress=False)
+    changed = {t.name for t, u in zip(trained.graph.initializer, student.graph.initializer) if t != u}
+    assert any(not name.startswith("head.") for name in changed)
+    # the written model computes what the trained torch graph computes
+    graph = OnnxGraphModule(trained).eval()
+    got = graph(**{k: torch.from_numpy(v) for k, v in data.items()}).numpy()
+    assert np.mean(np.isclose(got, _run(trained, data)[0], rtol=0, atol=1e-5)) > 0.99

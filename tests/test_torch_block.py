@@ -77,3 +77,18 @@ def test_bad_input_names_the_node_and_parameter():
     big = params.replace(encoded_values=np.full(2, 1 << 23, np.int32), bias=np.zeros(2, np.int32))
     with pytest.raises(WeightlessBlockError, match="encoded_values"):
         WeightlessBlock.from_params(big)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(params=blocks(max_features=128), seed=st.integers(0, 2**32 - 1), candidates=st.sampled_from([1, 4]))
+def test_onnx_torch_onnx_keeps_every_parameter(params, seed, candidates):
+    """A block model read into torch (the fine-tuning path) and written back is byte-identical, and the
+    torch graph computes the oracle's bits."""
+    from quweit.converter.onnx_torch import OnnxGraphModule, write_back
+    from quweit.custom_ops import make_block_model
+
+    model = make_block_model(params)
+    graph = OnnxGraphModule(model, candidates=candidates, seed=seed).eval()
+    assert write_back(model, graph.block_params()).SerializeToString() == model.SerializeToString()
+    x = adversarial_inputs(params, (2, 3), seed)
+    assert same_bits(graph(torch.from_numpy(x)).numpy(), evaluate(params, x))
