@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
         "onnxruntime": ort.__version__, "cpu": cpu_name(), "cores": os.cpu_count(), "isa": isa_in_use(),
         "mlp": f"{HIDDEN}->{INTERMEDIATE}->GELU->{HIDDEN} float32", "block": "default_config(384, 384)",
     }
+    # Other processes share the machine: the 1-minute load average says how quiet the run was.
+    results["load_average_start"] = os.getloadavg()[0]
     pairs = [(threads, tokens) for threads in THREADS for tokens in TOKENS]
     progress = tqdm(total=len(pairs) + 2, desc="kernel bench", file=sys.stderr)
     for threads in THREADS:
@@ -218,6 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{results[f'speedup_{key}']:>8.1f}x")
     print(f"peak RSS growth, 2048 tokens, 1 thread: MLP {results['peak_rss_mb_mlp_2048_1t']:.1f} MB, "
           f"block {results['peak_rss_mb_block_2048_1t']:.1f} MB")
+    results["load_average_end"] = os.getloadavg()[0]
+    print(f"load average (1 min) {results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} at end "
+          f"on {os.cpu_count()} cores")
     if args.json:
         write_json_atomically(args.json, results, args.force)
         print(f"wrote {args.json}")

@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
         "onnxruntime": ort.__version__, "model": "all-MiniLM-L6-v2", "batch": 1, "tokens": args.tokens,
         "mlps_replaced": report["mlps_replaced"], "mlps_found": report["mlps_found"],
     }
+    # Other processes share the machine: the 1-minute load average says how quiet the run was.
+    results["load_average_start"] = os.getloadavg()[0]
     for threads in (1, 2):
         median = alternate_timings(sessions(original, converted, threads), feed, args.seconds)
         key = f"{args.tokens}_{threads}t"
@@ -143,6 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
         key = f"{args.tokens}_{threads}t"
         print(f"{threads:>7} {results[f'original_ms_{key}']:>12.2f} {results[f'converted_ms_{key}']:>13.2f} "
               f"{results[f'model_speedup_{key}']:>8.2f}x")
+    results["load_average_end"] = os.getloadavg()[0]
+    print(f"load average (1 min) {results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} at end "
+          f"on {os.cpu_count()} cores")
     if args.json:
         write_json_atomically(args.json, results)
         print(f"wrote {args.json}")
