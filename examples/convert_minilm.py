@@ -4,12 +4,17 @@ Calibrates on WordNet glosses shipped with quweit, converts all six MLPs and the
 prints the mean sentence-embedding cosine of each converted model to the original on held-out glosses.
 
     python examples/convert_minilm.py [--calib 384] [--heldout 256] [--budget SECONDS] [--out DIR]
+                                      [--results examples/results/convert_minilm.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import shlex
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,7 +36,8 @@ def main() -> None:
     p.add_argument("--heldout", type=int, default=256, help="held-out glosses (from the end of the sample)")
     p.add_argument("--budget", type=float, default=None, help="training seconds per conversion (default: closed form)")
     p.add_argument("--floor", type=float, default=0.9, help="fidelity floor for --layers auto")
-    p.add_argument("--out", type=Path, default=None, help="write the converted models and results here")
+    p.add_argument("--out", type=Path, default=None, help="write the converted models here (default: a temp folder)")
+    p.add_argument("--results", type=Path, default=None, help="also write the numbers as JSON here")
     args = p.parse_args()
 
     out = args.out or Path(tempfile.mkdtemp(prefix="quweit-minilm-"))
@@ -49,13 +55,22 @@ def main() -> None:
         emb = minilm.embed(_session(converted), heldout["attention_mask"], heldout)
         cosine = minilm.mean_cosine(reference, emb)
         results[layers] = {"embedding_cosine": cosine, **{k: report[k] for k in (
-            "mlps_found", "mlps_replaced", "mult_share_removed", "fidelity", "macs_before", "macs_after")},
+            "mlps_found", "mlps_replaced", "mult_share_removed", "fidelity", "macs_before", "macs_after",
+            "params_before", "params_after", "seconds")},
+            "replaced": [r["index"] for r in report["mlps"] if r["replaced"]],
             "sensitivity": [round(r.get("fidelity_alone", float("nan")), 4) for r in report["mlps"]]}
         print(f"layers={layers}: replaced {report['mlps_replaced']}/{report['mlps_found']}, multiplications removed "
               f"{100 * report['mult_share_removed']:.1f}%, mean sentence-embedding cosine on {args.heldout} held-out "
               f"glosses: {cosine:.4f}", flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"results in {out / 'results.json'}")
+    results["command"] = "python examples/convert_minilm.py " + shlex.join(sys.argv[1:])
+    results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
+    results["note"] = "fitting alone (closed-form blocks, sequential), before any end-to-end fine-tuning"
+    text = json.dumps(results, indent=2)
+    (out / "results.json").write_text(text)
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(text + "\n")
+    print(f"results in {args.results or out / 'results.json'}")
 
 
 if __name__ == "__main__":
