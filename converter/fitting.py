@@ -74,7 +74,9 @@ def refit_values(params: WeightlessBlockParams, x: np.ndarray, y: np.ndarray) ->
     """Same tables and mapping; encoded values, biases and output scales re-solved by least squares."""
     from quweit.custom_ops.reference import lut_layers, quantize_inputs, thermometer
 
-    bits = lut_layers(params, thermometer(params, quantize_inputs(params, x)))
+    chunk = 2048  # the reference gathers [rows, L, n] int64: bound its memory
+    bits = np.concatenate([lut_layers(params, thermometer(params, quantize_inputs(params, x[i:i + chunk])))
+                           for i in range(0, len(x), chunk)])
     values, bias = solve_values(bits, y, params.group_size)
     v, b, scale = quantize_values(values, bias, params.group_size, value_bits=16)
     return params.replace(encoded_values=v, bias=b, output_scale=scale)

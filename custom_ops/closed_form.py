@@ -34,9 +34,13 @@ def linear_influence(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def lut_addresses(bits: np.ndarray, mapping: np.ndarray) -> np.ndarray:
-    """Addresses `[M, L]` of LUTs with `mapping [L, n]` over input bits `[M, N]` (LSB = slot 0)."""
-    weights = 1 << np.arange(mapping.shape[1], dtype=np.int64)
-    return (bits[:, mapping].astype(np.int64) * weights).sum(-1)
+    """Addresses `[M, L]` of LUTs with `mapping [L, n]` over input bits `[M, N]` (LSB = slot 0).
+
+    One slot at a time, so memory stays at `M * L` (not `M * L * n` 64-bit words)."""
+    address = np.zeros((bits.shape[0], mapping.shape[0]), dtype=np.int32)
+    for slot in range(mapping.shape[1]):
+        address |= bits[:, mapping[:, slot]].astype(np.int32) << slot
+    return address
 
 
 def solve_values(c: np.ndarray, y: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:

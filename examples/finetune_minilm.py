@@ -8,7 +8,8 @@ Steps (each timed; the numbers go to examples/results/finetune_minilm.json, whic
 3. the mean sentence-embedding cosine to the original on `--heldout` glosses never used above,
    after fitting alone and after fine-tuning.
 
-    python examples/finetune_minilm.py [--calib 384] [--train 1600] [--heldout 256] [--budget 900] [--out DIR]
+    python examples/finetune_minilm.py [--calib 384] [--train 1600] [--heldout 256] [--budget 900]
+        [--train-dense] [--out DIR]
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--value-lr", type=float, default=3e-3)
+    p.add_argument("--train-dense", action="store_true", help="also fine-tune the non-MLP weights")
+    p.add_argument("--dense-lr", type=float, default=1e-4)
     p.add_argument("--out", type=Path, default=None, help="working folder (models, data, checkpoint)")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
@@ -81,7 +84,8 @@ def main() -> None:
     code = finetune_main([str(converted_path), "--teacher", str(original_path), "--data", str(out / "train.npz"),
                           "-o", str(tuned_path), "--force", "--steps", str(args.steps),
                           "--budget-seconds", str(args.budget), "--batch-size", str(args.batch_size),
-                          "--lr", str(args.lr), "--value-lr", str(args.value_lr)])
+                          "--lr", str(args.lr), "--value-lr", str(args.value_lr), "--dense-lr", str(args.dense_lr),
+                          *(["--train-dense"] if args.train_dense else [])])
     if code:
         raise SystemExit(code)
     tune_seconds = time.monotonic() - started
@@ -103,11 +107,13 @@ def main() -> None:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "value_lr": args.value_lr,
+        "train_dense": args.train_dense,
+        "dense_lr": args.dense_lr if args.train_dense else None,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
                    f"{torch.get_num_threads()}",
         "command": "python examples/finetune_minilm.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-            if k not in ("out", "results") and v is not None),
+            (f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')} {v}")
+            for k, v in vars(args).items() if k not in ("out", "results") and v is not None and v is not False),
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.results.with_name(args.results.name + ".tmp")
