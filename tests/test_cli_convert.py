@@ -164,3 +164,28 @@ def test_no_mlp_exits_3_and_writes_nothing(tmp_path, capsys):
 def test_bad_usage_exits_2():
     result = subprocess.run([sys.executable, "-m", "quweit.converter.cli", "--layers"], capture_output=True, check=False)
     assert result.returncode == 2
+
+
+def test_block_structure_options(tmp_path):
+    model = _mlp_model(tmp_path / "m.onnx")
+    argv = [str(model), "--quiet", "--no-sensitivity", "--calib", str(_calib(tmp_path / "c.npz")),
+            "--lut-inputs", "4", "--thresholds", "3", "--luts-per-output", "2", "--hidden-layers", "32"]
+    assert main(argv) == 0
+    (block,) = read_blocks(onnx.load(str(tmp_path / "m.quweit.onnx")))
+    assert (block.lut_inputs, block.thresholds_per_feature, block.layer_sizes) == (4, 3, (32, 2 * D))
+    assert main([*argv[:-2], "--hidden-layers", "x", "-o", str(tmp_path / "z.onnx")]) == 2
+
+
+def test_interrupt_while_writing_leaves_no_output(tmp_path, monkeypatch):
+    model = _mlp_model(tmp_path / "m.onnx")
+    calib = str(_calib(tmp_path / "c.npz"))
+    real_save = onnx.save_model
+
+    def save_then_interrupt(proto, path, *args, **kwargs):
+        real_save(proto, path, *args, **kwargs)  # the temporary file is complete: Ctrl-C before it is moved
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx, "save_model", save_then_interrupt)
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    assert main([str(model), "--quiet", "--no-sensitivity", "--calib", calib]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing
