@@ -1,8 +1,8 @@
 """End-to-end fine-tuning of a converted model: distillation from the original, or a task loss on labels.
 
-The converted ONNX graph becomes a torch module (`onnx_torch.OnnxGraphModule`); only the
-`WeightlessBlock`s train (tables by EFD, mapping, encoded values with quantization-aware rounding),
-everything else stays frozen, and the trained block parameters are written back into the ONNX model.
+The converted ONNX graph becomes a torch module (`onnx_torch.OnnxGraphModule`); the `WeightlessBlock`s
+train (tables by EFD, mapping, encoded values with quantization-aware rounding) and, only when asked
+(`train_dense`), the other float weights too; the trained values are written back into the ONNX model.
 The teacher (the original model) runs in onnxruntime. Under `torchrun` the same code trains with
 DistributedDataParallel (gloo): every rank draws the same global batch and takes its own equal share,
 so the averaged gradient is the global batch's gradient (up to float summation order).
@@ -119,7 +119,8 @@ def finetune(
     resume: Path | None = None,
     progress: bool = True,
 ) -> tuple[onnx.ModelProto, list[float]]:
-    """Train the blocks of `student`; returns the model with trained blocks and the per-step losses.
+    """Train the blocks of `student` (and its other weights with `train_dense`); returns the model with
+    the trained values and the per-step losses.
 
     Distillation when `teacher` is given (its first output against the student's first output),
     otherwise a task loss on `data['labels']`.
