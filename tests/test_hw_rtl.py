@@ -111,3 +111,14 @@ def test_literals_and_names():
     assert signed_literal(5, 32) == "32'sh00000005"
     assert init_literal([0, 1]) == "2'h2" and init_literal([1] * 8) == "8'hff"
     assert verilog_name("/model/layer.0/mlp") == "quweit_model_layer_0_mlp"
+
+
+def test_synthesis_maps_each_lut6_table_to_one_lut(tmp_path):
+    """Yosys (xc7, hierarchy kept): a LUT layer of n = 6 tables is exactly one LUT6-class cell per table."""
+    from quweit.hwbackend.synth import synthesize
+
+    params = block(9, n=6, layers=1, d_in=4, d_out=2, T=2, group=3)
+    write_rtl([RtlBlock("quweit_syn", params)], tmp_path)
+    result = synthesize([tmp_path / LUT_FILE, tmp_path / "quweit_syn.v"], "quweit_syn", tmp_path)
+    assert result["stages"]["layer0"]["lut"] == params.layer_sizes[0] == 6
+    assert result["lut"] >= result["stages"]["layer0"]["lut"] and result["ff"] == 0  # combinational
