@@ -90,7 +90,8 @@ def alternate_timings(pair: dict, feed: dict, seconds: float) -> dict[str, float
             t0 = time.perf_counter()
             session.run(None, feed)
             times[kind].append(time.perf_counter() - t0)
-    return {kind: float(np.median(t)) for kind, t in times.items()}
+    return {kind: float(np.median(t)) for kind, t in times.items()} | {
+        f"{kind}_min": float(np.min(t)) for kind, t in times.items()}
 
 
 def write_json_atomically(path: str, data: dict) -> None:
@@ -135,16 +136,21 @@ def main(argv: list[str] | None = None) -> dict:
         results[f"original_ms_{key}"] = median["original"] * 1e3
         results[f"converted_ms_{key}"] = median["converted"] * 1e3
         results[f"model_speedup_{key}"] = median["original"] / median["converted"]
+        # Fastest runs: what a quiet machine gives (the ratio of medians is the headline).
+        results[f"original_min_ms_{key}"] = median["original_min"] * 1e3
+        results[f"converted_min_ms_{key}"] = median["converted_min"] * 1e3
+        results[f"model_speedup_of_min_{key}"] = median["original_min"] / median["converted_min"]
         progress.update()
     progress.close()
 
     print(f"all-MiniLM-L6-v2, batch 1 x {args.tokens} tokens, onnxruntime {ort.__version__}, "
           f"{report['mlps_replaced']}/{report['mlps_found']} MLPs replaced")
-    print(f"{'threads':>7} {'original ms':>12} {'converted ms':>13} {'speed-up':>9}")
+    print(f"{'threads':>7} {'original ms':>12} {'converted ms':>13} {'speed-up':>9}   (medians; fastest runs: ratio)")
     for threads in (1, 2):
         key = f"{args.tokens}_{threads}t"
         print(f"{threads:>7} {results[f'original_ms_{key}']:>12.2f} {results[f'converted_ms_{key}']:>13.2f} "
-              f"{results[f'model_speedup_{key}']:>8.2f}x")
+              f"{results[f'model_speedup_{key}']:>8.2f}x   ({results[f'original_min_ms_{key}']:.2f} / "
+              f"{results[f'converted_min_ms_{key}']:.2f} ms: {results[f'model_speedup_of_min_{key}']:.2f}x)")
     results["load_average_end"] = os.getloadavg()[0]
     print(f"load average (1 min) {results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} at end "
           f"on {os.cpu_count()} cores")
