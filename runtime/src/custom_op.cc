@@ -8,7 +8,6 @@
 
 #include <atomic>
 #include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <new>
 #include <string>
@@ -29,6 +28,7 @@ using Ort::Custom::Tensor;
 const IsaKernels& select_isa(const std::string& node) {
   const char* forced = std::getenv("QUWEIT_ISA");
 #if defined(__x86_64__)
+  __builtin_cpu_init();  // idempotent; the CPU model must be read before the first query
   const bool has_avx2 = __builtin_cpu_supports("avx2");
   const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
 #else  // other architectures: the portable evaluators only
