@@ -1,5 +1,6 @@
 """TVM: the ONNX frontend converter (native TE lowering) and the BYOC C path equal the numpy oracle and
-onnxruntime bit for bit; the partition offloads exactly the blocks, and nothing when there are none."""
+onnxruntime (the op's ONNX function and the project's C++ kernel) bit for bit; the partition offloads
+exactly the blocks, and nothing when there are none."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import tvm
-from hw_support import activations, block, build_tvm, run_ort, run_vm, same_bits
+from hw_support import activations, block, build_tvm, run_kernel, run_ort, run_vm, same_bits
 from onnx import TensorProto, helper, numpy_helper
 from quweit.custom_ops import attach_decomposition, evaluate, make_block_model, make_block_node
 from quweit.hwbackend import frontend
@@ -48,6 +49,7 @@ def test_native_and_byoc_match_reference_and_onnxruntime(n, layers, tmp_path):
         assert same_bits(run_vm(native, x), want), shape
         assert same_bits(run_vm(offloaded, x), want), shape
         assert same_bits(run_ort(model, {"X": x})[0], want), shape
+        assert same_bits(run_kernel(model, {"X": x})[0], want), shape
 
 
 def _chain_model():
@@ -150,6 +152,7 @@ def test_converted_transformer_blocks_bit_exact(converted_bert, tmp_path):
         assert same_bits(run_vm(build_tvm(frontend.from_onnx(single), tmp_path, f"n{k}"), x), want)
         assert same_bits(run_vm(build_tvm(byoc(frontend.from_onnx(single)), tmp_path, f"b{k}"), x), want)
         assert same_bits(run_ort(single, {"X": x})[0], want)
+        assert same_bits(run_kernel(single, {"X": x})[0], want)
 
 
 def test_converted_transformer_end_to_end(converted_bert, tmp_path):
