@@ -175,7 +175,9 @@ struct WeightlessBlockKernel {
 struct WeightlessBlockOp : Ort::Custom::OrtLiteCustomStruct<WeightlessBlockKernel> {
   using Base = Ort::Custom::OrtLiteCustomStruct<WeightlessBlockKernel>;
 
-  WeightlessBlockOp() : Base("WeightlessBlock", "CPUExecutionProvider") {
+  // Declared for op version 1 only. onnxruntime matches custom kernels by schema since-version, not by the
+  // model's opset import, so this does not yet refuse a future version; v2 will need its own check.
+  WeightlessBlockOp() : Base("WeightlessBlock", "CPUExecutionProvider", 1, 1) {
     OrtCustomOp::CreateKernel = nullptr;
     OrtCustomOp::CreateKernelV2 = [](const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
                                      void** kernel) -> OrtStatusPtr {
