@@ -1,0 +1,7 @@
+"""The converter: find a model's transformer MLPs and swap them for fitted `WeightlessBlock`s.
+
+Entry points: `quweit.converter.convert.convert` (detect, calibrate, fit, choose layers, rewrite),
+`quweit.converter.convert.replace_mlps` (the structural rewrite alone), `quweit.converter.minilm` (the
+embedded example) and the `quweit-convert` command (`quweit.converter.cli`). Submodules are imported on
+use, so `import quweit.converter` stays light.
+"""
