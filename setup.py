@@ -1,7 +1,8 @@
 """Builds the native onnxruntime kernel (runtime/src -> quweit/runtime/libquweit_ort.so) during
 `pip install .` and `pip install -e .`; all metadata lives in pyproject.toml.
 
-The library is not a Python extension module: setuptools' build_ext is only the hook that places it
+Set QUWEIT_SKIP_KERNEL=1 to install without the library (no compiler at hand); converted models then run
+through the op's ONNX-function decomposition, slower. The library is not a Python extension module: setuptools' build_ext is only the hook that places it
 inside the `quweit.runtime` package (wheel or editable tree). The compile itself is
 runtime/native_build.py (g++, vendored onnxruntime headers or $QUWEIT_ORT_INCLUDE_DIR).
 """
@@ -39,6 +40,10 @@ class BuildKernelLibrary(build_ext):
     def build_extension(self, ext: Extension) -> None:
         if ext.name != LIBRARY_MODULE:
             return super().build_extension(ext)
+        if os.environ.get("QUWEIT_SKIP_KERNEL") == "1":
+            # For machines without a C++17 compiler: models still run through the op's decomposition.
+            print("QUWEIT_SKIP_KERNEL=1: not building the onnxruntime kernel (quweit.runtime.get_library_path() will raise)")
+            return
         native = _native_build()
         try:
             native.build_library(Path(self.get_ext_fullpath(ext.name)))
