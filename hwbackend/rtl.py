@@ -67,19 +67,14 @@ def sum_width(bias: int, values: list[int]) -> int:
     return min(ACC_BITS, (abs(bias) + sum(abs(v) for v in values)).bit_length() + 1)
 
 
-def _adder_tree(out: int, leaves: list[str]) -> tuple[list[dict], str]:
-    """A balanced tree of two-input adders over `leaves`; returns its nodes and the root wire."""
-    nodes, level, depth = [], list(leaves), 0
+def balanced_tree(leaves: list):
+    """Pair `leaves` level by level into a balanced binary tree of nested [left, right] lists
+    (the template renders each pair as one two-input adder)."""
+    level = list(leaves)
     while len(level) > 1:
-        following = []
-        for k in range(0, len(level) - 1, 2):
-            wire = f"s_{out}_{depth}_{k // 2}"
-            nodes.append({"wire": wire, "left": level[k], "right": level[k + 1]})
-            following.append(wire)
-        if len(level) % 2:
-            following.append(level[-1])
-        level, depth = following, depth + 1
-    return nodes, level[0]
+        level = [[level[k], level[k + 1]] for k in range(0, len(level) - 1, 2)] + (
+            [level[-1]] if len(level) % 2 else [])
+    return level[0]
 
 
 def block_slots(block: RtlBlock) -> dict[str, object]:
@@ -110,9 +105,8 @@ def block_slots(block: RtlBlock) -> dict[str, object]:
     for o in range(p.out_features):
         values = [int(v) for v in p.encoded_values[o * G:(o + 1) * G]]
         width = sum_width(int(p.bias[o]), values)
-        terms = [{"slot": g, "bit": o * G + g, "value": signed_literal(v, width)} for g, v in enumerate(values)]
-        tree, root = _adder_tree(o, [f"v_{o}_{g}" for g in range(G)])
-        outputs.append({"index": o, "terms": terms, "tree": tree, "root": root, "width": width,
+        leaves = [{"bit": o * G + g, "value": signed_literal(v, width)} for g, v in enumerate(values)]
+        outputs.append({"index": o, "tree": balanced_tree(leaves), "width": width,
                         "bias": signed_literal(int(p.bias[o]), width)})
     return {
         "name": block.name, "node": block.node, "pipeline": block.pipeline, "latency": block.latency,
