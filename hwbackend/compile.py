@@ -33,6 +33,8 @@ TARGETS = ("c", "verilog", "all")
 LIBRARY = "model.so"
 VERILOG_DIR = "verilog"
 REPORT = "report.json"
+#: Most real-activation vectors per block (tokens beyond it are not simulated, to bound run time).
+REAL_VECTOR_LIMIT = 4096
 
 
 @dataclasses.dataclass
@@ -183,18 +185,22 @@ def match_modules(blocks: list[WeightlessBlockParams], manifest: list[dict]) -> 
     return matched
 
 
-def block_vectors(model, blocks, opts: CompileOptions, rng) -> list[np.ndarray]:
-    """Per block: q from real activations (onnxruntime run of the model) then random q vectors."""
+def block_vectors(model, blocks, opts: CompileOptions, rng) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per block: (q of real activations from an onnxruntime run of the model, at most
+    REAL_VECTOR_LIMIT rows; random q vectors)."""
     from .capture import capture_block_inputs, synthetic_inputs
 
     if opts.inputs is not None:
-        with np.load(opts.inputs) as data:
-            feeds = {k: data[k] for k in data.files}
+        try:
+            with np.load(opts.inputs) as data:
+                feeds = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as err:
+            raise HwBackendError(f"--inputs '{opts.inputs}' is not a readable .npz file: {err}") from err
     else:
         feeds = synthetic_inputs(model, rng)
     activations = capture_block_inputs(model, feeds)
     return [
-        (quantize_inputs(params, x), random_inputs(params, opts.random_vectors, rng))
+        (quantize_inputs(params, x[:REAL_VECTOR_LIMIT]), random_inputs(params, opts.random_vectors, rng))
         for params, x in zip(blocks, activations)
     ]
 
@@ -225,7 +231,7 @@ def compile_model(opts: CompileOptions, *, log=print) -> tuple[dict, list[BlockR
             missing = [r.node for r in reports if r.module is None]
             if missing:
                 raise HwBackendError(f"blocks not offloaded to the quweit codegen: {', '.join(missing)}")
-            write_benches(model, blocks, reports, workdir / VERILOG_DIR, opts, rng, log)
+            write_benches(model, blocks, reports, workdir / VERILOG_DIR, opts, rng)
         report = make_report(opts, reports, time.time() - started)
         report["library_scope"] = library["scope"] if opts.target in ("c", "all") else None
         report["tvm_import_failure"] = library["import_failure"]
@@ -237,8 +243,8 @@ def compile_model(opts: CompileOptions, *, log=print) -> tuple[dict, list[BlockR
         raise
 
 
-def write_benches(model, blocks, reports, verilog_dir: Path, opts, rng, log) -> None:
-    """Testbench and vector files per block; simulate each when --verify."""
+def write_benches(model, blocks, reports, verilog_dir: Path, opts: CompileOptions, rng) -> None:
+    """Testbench and vector files per block; simulate (--verify) and synthesize (--synth) each."""
     vectors = block_vectors(model, blocks, opts, rng)
     for report, (real, random) in zip(reports, vectors):
         report.real_vectors, report.random_vectors = len(real), len(random)
