@@ -88,8 +88,12 @@ def test_every_mlp_found_replaced_and_runs(exported, family, exporter):
         expected = evaluate(params, blocks_values[mlp.input])
         assert np.array_equal(blocks_values[mlp.output].view(np.int32), expected.view(np.int32))
 
-    assert [_dims(o) for o in converted.graph.output] == [_dims(o) for o in prepared.graph.output]
-    assert [_dims(i) for i in converted.graph.input] == [_dims(i) for i in prepared.graph.input]
+    assert [_dims(i) for i in converted.graph.input] == [_dims(i) for i in model.graph.input]
+    # output dims: the exporter's, except that shape inference may pin a symbol to a constant the model
+    # fixes (ViT's sequence); the symbolic dims of the inputs stay symbolic (checked by running below)
+    input_symbols = {d for i in model.graph.input for d in _dims(i) if isinstance(d, str)}
+    for before, after in zip(_dims(model.graph.output[0]), _dims(converted.graph.output[0])):
+        assert after == before or (isinstance(before, str) and isinstance(after, int) and before not in input_symbols)
     shapes = [(1, 3), (3, 7)]
     if exporter == "legacy" and FAMILIES[family].legacy_static:
         with pytest.raises(Exception, match="Reshape"):  # the exported original is static: see models.Family
