@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-
 from quweit.converter import minilm
 from quweit.converter.detect import find_mlps, prepare
 
