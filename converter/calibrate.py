@@ -7,6 +7,8 @@ for a transformer), over the held-out calibration batches, ignoring padded token
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 
@@ -20,6 +22,7 @@ Batch = dict[str, np.ndarray]
 _NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
              onnx.TensorProto.BOOL: np.bool_, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.FLOAT16: np.float16}
 MASK_INPUT = "attention_mask"
+PROTOBUF_LIMIT = (1 << 31) - (1 << 24)
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -38,7 +41,15 @@ def session(model: onnx.ModelProto, *, kernel: bool = True) -> ort.InferenceSess
             options = session_options(options=options)
         except (ImportError, OSError):
             pass
-    return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+    if model.ByteSize() < PROTOBUF_LIMIT:
+        return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(prefix="quweit-calib-") as folder:  # protobuf cannot serialize >= 2 GiB
+        path = os.path.join(folder, "model.onnx")
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # saving with external data moves the tensors out of the proto it is given
+        onnx.save_model(copy, path, save_as_external_data=True, location="model.onnx.data")
+        del copy
+        return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def check_calibration(model: onnx.ModelProto, calib: dict[str, np.ndarray], where: str = "--calib") -> None:

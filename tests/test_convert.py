@@ -144,3 +144,14 @@ def test_errors():
         convert(_two_mlps(), calib={"y": np.zeros((2, 3, D), np.float32)}, progress=False)
     with pytest.raises(BadInputError, match="indices"):
         convert(_two_mlps(), calib=_calib(), layers="0,9", progress=False)
+
+
+def test_models_beyond_the_protobuf_limit_run_from_a_side_file(monkeypatch):
+    """Calibration of a > 2 GiB model goes through a temporary file with external data (limit lowered here)."""
+    model, feeds = _two_mlps(), calibrate.batches(_calib(), 8)
+    expected = calibrate.outputs(model, feeds)
+    before = model.SerializeToString()
+    monkeypatch.setattr(calibrate, "PROTOBUF_LIMIT", 16)
+    for a, b in zip(expected, calibrate.outputs(model, feeds)):
+        np.testing.assert_array_equal(a, b)
+    assert model.SerializeToString() == before
