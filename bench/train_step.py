@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import torch
-
 from quweit.custom_ops import default_config, random_params
 from quweit.custom_ops.torch_block import WeightlessBlock
 

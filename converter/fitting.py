@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from quweit.custom_ops.closed_form import closed_form_params, quantize_values, solve_values
 from quweit.custom_ops.config import BlockConfig
 from quweit.custom_ops.params import WeightlessBlockParams
@@ -104,9 +103,8 @@ def train_block(
     `value_lr` is relative to each output's standard deviation.
     """
     import torch
-    from tqdm.auto import tqdm
-
     from quweit.custom_ops.torch_block import WeightlessBlock
+    from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))

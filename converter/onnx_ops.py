@@ -10,7 +10,7 @@ dynamo exports (Reshape allowzero, ReduceMean v18, Trilu). An op here is a plain
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import onnx
 import torch
-import numpy as np
 from onnx import helper, numpy_helper
-from torch import nn
-
 from quweit.custom_ops.params import DOMAIN, OP_TYPE, WeightlessBlockParams
 from quweit.custom_ops.torch_block import WeightlessBlock
+from torch import nn
 
 from .onnx_ops import OPS, tensor_from_proto
 
@@ -116,13 +115,13 @@ class OnnxGraphModule(nn.Module):
         """Current parameters of every block, keyed by ONNX node name."""
         return {node: self.blocks[key].to_params(node=node) for key, node in self.block_nodes.items()}
 
-    def dense_arrays(self) -> dict[str, "np.ndarray"]:
+    def dense_arrays(self) -> dict[str, np.ndarray]:
         """Current values of the trainable non-block initializers (only with `train_dense`), by name."""
         return {name: self.dense[key].detach().numpy().copy() for key, name in self.dense_names.items()}
 
 
 def write_back(model: onnx.ModelProto, params_by_node: dict[str, WeightlessBlockParams],
-               initializers: dict[str, "np.ndarray"] | None = None) -> onnx.ModelProto:
+               initializers: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """A copy of `model` whose blocks hold `params_by_node` and whose named `initializers` hold new values
     (same dtype and shape); nothing else changes."""
     out = onnx.ModelProto()

@@ -112,7 +112,7 @@ class WeightlessBlock(nn.Module):
 
     # ----- construction and export ------------------------------------------------------------------
     @classmethod
-    def from_params(cls, params: WeightlessBlockParams, **options) -> "WeightlessBlock":
+    def from_params(cls, params: WeightlessBlockParams, **options) -> WeightlessBlock:
         return cls(params, **options)
 
     @property

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-
 from quweit.converter import minilm
 from quweit.converter.calibrate import session
 from quweit.converter.convert import convert

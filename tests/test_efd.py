@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from quweit.custom_ops.efd import BETA, efd_alpha, lut_layer
 from quweit.custom_ops.learnable_mapping import select_bits
 
@@ -24,7 +23,7 @@ def direct_efd(slot_bits: np.ndarray, tables: np.ndarray, grad: np.ndarray):
                 total = 0.0
                 for k in range(1 << n):
                     sign = 1.0 if (k >> l) & 1 else -1.0
-                    total += sign * tables[r, k] * BETA ** bin((a ^ k) & ~(1 << l)).count("1")
+                    total += sign * tables[r, k] * BETA ** ((a ^ k) & ~(1 << l)).bit_count()
                 grad_bits[b, r, l] = grad[b, r] * alpha * total
     return grad_bits, grad_tables
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import helper, numpy_helper
-
 from models import FAMILIES, export, reference_inputs
+from onnx import helper, numpy_helper
 from quweit.converter.finetune import FinetuneOptions, Teacher, finetune
 from quweit.converter.finetune_cli import main as finetune_main
 from quweit.converter.fitting import fit_block
@@ -98,7 +96,7 @@ def _heldout_loss(model, teacher, data) -> float:
 def test_distillation_lowers_heldout_loss_and_writes_back(pair):
     paths, teacher, student, data = pair
     train = {k: v[:64] for k, v in data.items()}
-    trained, losses = finetune(student, train, teacher=Teacher(paths["teacher"]),
+    trained, _losses = finetune(student, train, teacher=Teacher(paths["teacher"]),
                                options=FinetuneOptions(steps=40, batch_size=16, lr=0.05, value_lr=0.01),
                                progress=False)
     before, after = _heldout_loss(student, teacher, data), _heldout_loss(trained, teacher, data)
@@ -175,7 +173,7 @@ def test_torchrun_two_processes_match_one_process(pair, tmp_path):
 
 
 def test_train_dense_also_writes_back_the_other_weights(pair):
-    paths, teacher, student, data = pair
+    paths, _teacher, student, data = pair
     train = {k: v[:64] for k, v in data.items()}
     trained, _ = finetune(student, train, teacher=Teacher(paths["teacher"]),
                           options=FinetuneOptions(steps=5, batch_size=16, train_dense=True, dense_lr=1e-3),

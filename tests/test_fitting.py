@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from quweit.converter.fitting import fit_block, holdout_error
 from quweit.custom_ops import BlockConfig
 

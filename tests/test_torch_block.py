@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from blocks import LEADING_SHAPES, adversarial_inputs, blocks, same_bits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from blocks import LEADING_SHAPES, adversarial_inputs, blocks, same_bits
 from quweit.custom_ops import WeightlessBlockError, evaluate, random_params
 from quweit.custom_ops.torch_block import WeightlessBlock
 
