@@ -13,18 +13,17 @@ before the session is created to the end of five runs (model weights, arenas and
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
 import sys
-import tempfile
-import time
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from _common import alternate_timings, refuse_to_clobber, write_json_atomically
 
 HIDDEN, INTERMEDIATE = 384, 1536
 TOKENS = (128, 2048)
@@ -106,23 +105,6 @@ def check_block_exact(session: ort.InferenceSession) -> None:
         raise SystemExit("error: the kernel's output differs from quweit.custom_ops.evaluate; not benchmarking it")
 
 
-def alternate_timings(sessions: dict, x: np.ndarray, seconds: float) -> dict[str, float]:
-    """Median seconds per run of each session, runs interleaved for `seconds` in total (>= 5 runs each)."""
-    feed = {"X": x}
-    for session in sessions.values():
-        for _ in range(3):
-            session.run(None, feed)
-    times = {kind: [] for kind in sessions}
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or min(len(t) for t in times.values()) < 5:
-        for kind, session in sessions.items():
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            times[kind].append(time.perf_counter() - t0)
-    return {kind: float(np.median(t)) for kind, t in times.items()} | {
-        f"{kind}_min": float(np.min(t)) for kind, t in times.items()}
-
-
 def _memory_kib(field: str) -> int:
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
@@ -151,18 +133,6 @@ def peak_rss_mb(kind: str, tokens: int, threads: int) -> float:
     return float(value)
 
 
-def write_json_atomically(path: str, data: dict, force: bool) -> None:
-    if os.path.exists(path) and not force:
-        raise SystemExit(f"error: {path} exists; pass --force to overwrite it")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".kernel-bench-", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
-
-
 def isa_in_use() -> str:
     forced = os.environ.get("QUWEIT_ISA")
     if forced:
@@ -184,8 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per (tokens, threads) pair")
     args = parser.parse_args(argv)
-    if args.json and os.path.exists(args.json) and not args.force:
-        raise SystemExit(f"error: {args.json} exists; pass --force to overwrite it")
+    if args.json:
+        refuse_to_clobber(args.json, args.force)
 
     from tqdm import tqdm
 
@@ -202,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         sessions = {"mlp": make_session("mlp", threads), "block": make_session("block", threads)}
         check_block_exact(sessions["block"])
         for tokens in TOKENS:
-            median = alternate_timings(sessions, inputs(tokens), args.seconds)
+            median = alternate_timings(sessions, {"X": inputs(tokens)}, args.seconds)
             key = f"{tokens}_{threads}t"
             results[f"mlp_ms_{key}"] = median["mlp"] * 1e3
             results[f"block_ms_{key}"] = median["block"] * 1e3

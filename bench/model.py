@@ -13,15 +13,15 @@ of median latencies is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+from _common import alternate_timings, refuse_to_clobber, write_json_atomically
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -79,31 +79,6 @@ def sessions(original: onnx.ModelProto, converted: onnx.ModelProto, threads: int
     return {"original": plain, "converted": make_session(converted, threads=threads, options=options())}
 
 
-def alternate_timings(pair: dict, feed: dict, seconds: float) -> dict[str, float]:
-    for session in pair.values():
-        for _ in range(3):
-            session.run(None, feed)
-    times = {kind: [] for kind in pair}
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or min(len(t) for t in times.values()) < 5:
-        for kind, session in pair.items():
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            times[kind].append(time.perf_counter() - t0)
-    return {kind: float(np.median(t)) for kind, t in times.items()} | {
-        f"{kind}_min": float(np.min(t)) for kind, t in times.items()}
-
-
-def write_json_atomically(path: str, data: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model-bench-", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="PATH", help="write the results to this JSON file")
@@ -111,8 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per thread count")
     parser.add_argument("--tokens", type=int, default=128, help="sequence length (batch 1)")
     args = parser.parse_args(argv)
-    if args.json and os.path.exists(args.json) and not args.force:
-        raise SystemExit(f"error: {args.json} exists; pass --force to overwrite it")
+    if args.json:
+        refuse_to_clobber(args.json, args.force)
     if args.tokens < 1:
         raise SystemExit(f"error: --tokens must be >= 1, got {args.tokens}")
 
@@ -155,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"load average (1 min) {results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} at end "
           f"on {os.cpu_count()} cores")
     if args.json:
-        write_json_atomically(args.json, results)
+        write_json_atomically(args.json, results, args.force)
         print(f"wrote {args.json}")
     return results
 

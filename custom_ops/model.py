@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -84,7 +83,3 @@ def read_blocks(model: onnx.ModelProto) -> list[WeightlessBlockParams]:
     """Validated parameters of every block in `model` (errors name the node)."""
     inits = {t.name: t for t in model.graph.initializer}
     return [WeightlessBlockParams.from_onnx(node, inits) for node in block_nodes(model)]
-
-
-def as_float32(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,44 @@
+"""What every benchmark shares: interleaved timing (so machine noise hits both sides alike) and
+atomic JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+
+def alternate_timings(sessions: dict, feed: dict, seconds: float) -> dict[str, float]:
+    """Median seconds per run of each session (and `<kind>_min`), runs interleaved for `seconds` in total,
+    at least 5 runs each, after 3 warm-up runs."""
+    for session in sessions.values():
+        for _ in range(3):
+            session.run(None, feed)
+    times = {kind: [] for kind in sessions}
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or min(len(t) for t in times.values()) < 5:
+        for kind, session in sessions.items():
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            times[kind].append(time.perf_counter() - t0)
+    return {kind: float(np.median(t)) for kind, t in times.items()} | {
+        f"{kind}_min": float(np.min(t)) for kind, t in times.items()}
+
+
+def refuse_to_clobber(path: str, force: bool) -> None:
+    if os.path.exists(path) and not force:
+        raise SystemExit(f"error: {path} exists; pass --force to overwrite it")
+
+
+def write_json_atomically(path: str, data: dict, force: bool) -> None:
+    refuse_to_clobber(path, force)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".json")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
