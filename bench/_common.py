@@ -42,3 +42,13 @@ def write_json_atomically(path: str, data: dict, force: bool) -> None:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
     os.replace(tmp, path)
+
+
+def finish(results: dict, json_path: str | None, force: bool) -> None:
+    """Record and print the machine load at the end (noise is part of the result), then save."""
+    results["load_average_end"] = os.getloadavg()[0]
+    print(f"load average (1 min) {results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} "
+          f"at end on {os.cpu_count()} cores")
+    if json_path:
+        write_json_atomically(json_path, results, force)
+        print(f"wrote {json_path}")

@@ -23,7 +23,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from _common import alternate_timings, refuse_to_clobber, write_json_atomically
+from _common import alternate_timings, finish, refuse_to_clobber
 
 HIDDEN, INTERMEDIATE = 384, 1536
 TOKENS = (128, 2048)
@@ -196,12 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{results[f'block_min_ms_{key}']:.3f} ms: {results[f'speedup_of_min_{key}']:.1f}x)")
     print(f"peak RSS growth, 2048 tokens, 1 thread: MLP {results['peak_rss_mb_mlp_2048_1t']:.1f} MB, "
           f"block {results['peak_rss_mb_block_2048_1t']:.1f} MB")
-    results["load_average_end"] = os.getloadavg()[0]
-    print(f"load average (1 min) {results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} at end "
-          f"on {os.cpu_count()} cores")
-    if args.json:
-        write_json_atomically(args.json, results, args.force)
-        print(f"wrote {args.json}")
+    finish(results, args.json, args.force)
     return results
 
 

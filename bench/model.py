@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from _common import alternate_timings, refuse_to_clobber, write_json_atomically
+from _common import alternate_timings, finish, refuse_to_clobber
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -126,12 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{threads:>7} {results[f'original_ms_{key}']:>12.2f} {results[f'converted_ms_{key}']:>13.2f} "
               f"{results[f'model_speedup_{key}']:>8.2f}x   ({results[f'original_min_ms_{key}']:.2f} / "
               f"{results[f'converted_min_ms_{key}']:.2f} ms: {results[f'model_speedup_of_min_{key}']:.2f}x)")
-    results["load_average_end"] = os.getloadavg()[0]
-    print(f"load average (1 min) {results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} at end "
-          f"on {os.cpu_count()} cores")
-    if args.json:
-        write_json_atomically(args.json, results, args.force)
-        print(f"wrote {args.json}")
+    finish(results, args.json, args.force)
     return results
 
 
