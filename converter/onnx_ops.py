@@ -9,6 +9,8 @@ dynamo exports (Reshape allowzero, ReduceMean v18, Trilu). An op here is a plain
 
 from __future__ import annotations
 
+import functools
+
 import math
 from collections.abc import Callable
 
@@ -81,28 +83,14 @@ def _isinf(i, a):
     return (torch.isposinf(x) & bool(pos)) | (torch.isneginf(x) & bool(neg))
 
 
-@register("Max")
-def _max(i, a):
-    out = i[0]
-    for x in i[1:]:
-        out = torch.maximum(out, x)
-    return out
+def _variadic(combine):
+    """A variadic elementwise op (Max, Min, Sum) as a left fold of its binary form."""
+    return lambda i, a: functools.reduce(combine, i)
 
 
-@register("Min")
-def _min(i, a):
-    out = i[0]
-    for x in i[1:]:
-        out = torch.minimum(out, x)
-    return out
-
-
-@register("Sum")
-def _sum(i, a):
-    out = i[0]
-    for x in i[1:]:
-        out = out + x
-    return out
+register("Max")(_variadic(torch.maximum))
+register("Min")(_variadic(torch.minimum))
+register("Sum")(_variadic(torch.add))
 
 
 @register("Gelu")
