@@ -28,6 +28,18 @@ def alternate_timings(sessions: dict, feed: dict, seconds: float) -> dict[str, f
         f"{kind}_min": float(np.min(t)) for kind, t in times.items()}
 
 
+def record_timings(results: dict, timings: dict, baseline: str, candidate: str, key: str, ratio: str) -> None:
+    """Store `alternate_timings` output as ms per side and baseline/candidate ratios under `key`.
+
+    The ratio of medians is the headline; the ratio of fastest runs is what a quiet machine gives.
+    """
+    for kind in (baseline, candidate):
+        results[f"{kind}_ms_{key}"] = timings[kind] * 1e3
+        results[f"{kind}_min_ms_{key}"] = timings[f"{kind}_min"] * 1e3
+    results[f"{ratio}_{key}"] = timings[baseline] / timings[candidate]
+    results[f"{ratio}_of_min_{key}"] = timings[f"{baseline}_min"] / timings[f"{candidate}_min"]
+
+
 def refuse_to_clobber(path: str, force: bool) -> None:
     if os.path.exists(path) and not force:
         raise SystemExit(f"error: {path} exists; pass --force to overwrite it")

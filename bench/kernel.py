@@ -23,7 +23,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from _common import alternate_timings, finish, refuse_to_clobber
+from _common import alternate_timings, finish, record_timings, refuse_to_clobber
 
 HIDDEN, INTERMEDIATE = 384, 1536
 TOKENS = (128, 2048)
@@ -172,15 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
         sessions = {"mlp": make_session("mlp", threads), "block": make_session("block", threads)}
         check_block_exact(sessions["block"])
         for tokens in TOKENS:
-            median = alternate_timings(sessions, {"X": inputs(tokens)}, args.seconds)
-            key = f"{tokens}_{threads}t"
-            results[f"mlp_ms_{key}"] = median["mlp"] * 1e3
-            results[f"block_ms_{key}"] = median["block"] * 1e3
-            results[f"speedup_{key}"] = median["mlp"] / median["block"]
-            # Fastest runs: what a quiet machine gives (the ratio of medians is the headline).
-            results[f"mlp_min_ms_{key}"] = median["mlp_min"] * 1e3
-            results[f"block_min_ms_{key}"] = median["block_min"] * 1e3
-            results[f"speedup_of_min_{key}"] = median["mlp_min"] / median["block_min"]
+            timings = alternate_timings(sessions, {"X": inputs(tokens)}, args.seconds)
+            record_timings(results, timings, "mlp", "block", f"{tokens}_{threads}t", "speedup")
             progress.update()
     for kind in ("mlp", "block"):
         results[f"peak_rss_mb_{kind}_2048_1t"] = peak_rss_mb(kind, 2048, 1)

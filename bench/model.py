@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from _common import alternate_timings, finish, refuse_to_clobber
+from _common import alternate_timings, finish, record_timings, refuse_to_clobber
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -106,15 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     # Other processes share the machine: the 1-minute load average says how quiet the run was.
     results["load_average_start"] = os.getloadavg()[0]
     for threads in (1, 2):
-        median = alternate_timings(sessions(original, converted, threads), feed, args.seconds)
-        key = f"{args.tokens}_{threads}t"
-        results[f"original_ms_{key}"] = median["original"] * 1e3
-        results[f"converted_ms_{key}"] = median["converted"] * 1e3
-        results[f"model_speedup_{key}"] = median["original"] / median["converted"]
-        # Fastest runs: what a quiet machine gives (the ratio of medians is the headline).
-        results[f"original_min_ms_{key}"] = median["original_min"] * 1e3
-        results[f"converted_min_ms_{key}"] = median["converted_min"] * 1e3
-        results[f"model_speedup_of_min_{key}"] = median["original_min"] / median["converted_min"]
+        timings = alternate_timings(sessions(original, converted, threads), feed, args.seconds)
+        record_timings(results, timings, "original", "converted", f"{args.tokens}_{threads}t", "model_speedup")
         progress.update()
     progress.close()
 
