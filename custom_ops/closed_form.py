@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from .config import BlockConfig
-from .encoding_fit import fit_input_scale, fit_thresholds, quantize, thermometer_bits
+from .encoding_fit import fit_input_scale, fit_thresholds
 from .params import WeightlessBlockParams, pack_tables
+from .reference import lut_addresses, quantize, thermometer_bits
 
 DEFAULT_VALUE_BITS = 16
 RIDGE = 1e-3
@@ -31,16 +32,6 @@ def linear_influence(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     yc = y.astype(np.float64) - y.mean(0)
     gram = xs.T @ xs + RIDGE * len(x) * np.eye(x.shape[1])
     return np.abs(np.linalg.solve(gram, xs.T @ yc))
-
-
-def lut_addresses(bits: np.ndarray, mapping: np.ndarray) -> np.ndarray:
-    """Addresses `[M, L]` of LUTs with `mapping [L, n]` over input bits `[M, N]` (LSB = slot 0).
-
-    One slot at a time, so memory stays at `M * L` (not `M * L * n` 64-bit words)."""
-    address = np.zeros((bits.shape[0], mapping.shape[0]), dtype=np.int32)
-    for slot in range(mapping.shape[1]):
-        address |= bits[:, mapping[:, slot]].astype(np.int32) << slot
-    return address
 
 
 def solve_values(c: np.ndarray, y: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:

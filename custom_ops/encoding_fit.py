@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .params import MAX_INPUT_SCALE
+from .params import MAX_INPUT_SCALE, input_range
 
 #: Quantile of |x| mapped to the largest quantized value: rare outliers saturate instead of
 #: costing every other value its resolution.
@@ -18,7 +18,7 @@ RANGE_QUANTILE = 0.999
 def fit_input_scale(x: np.ndarray, input_bits: int, *, range_quantile: float = RANGE_QUANTILE) -> np.ndarray:
     """Per-feature `input_scale` (float32 `[D_in]`) mapping the data's range onto `[qmin, qmax]`."""
     x = np.asarray(x, dtype=np.float32)
-    qmax = (1 << (input_bits - 1)) - 1
+    qmax = input_range(input_bits)[1]
     finite = np.where(np.isfinite(x), np.abs(x), 0.0)
     span = np.quantile(finite, range_quantile, axis=0) if len(x) else np.zeros(x.shape[1])
     span = np.where(span > 0, span, finite.max(axis=0, initial=0.0))
@@ -26,17 +26,9 @@ def fit_input_scale(x: np.ndarray, input_bits: int, *, range_quantile: float = R
     return np.clip(scale, 2.0**-100, MAX_INPUT_SCALE).astype(np.float32)
 
 
-def quantize(x: np.ndarray, input_scale: np.ndarray, input_bits: int) -> np.ndarray:
-    """Spec 3.1 on a 2-D array (the same float32 operations as the reference)."""
-    qmin, qmax = -(1 << (input_bits - 1)), (1 << (input_bits - 1)) - 1
-    with np.errstate(all="ignore"):
-        q = np.clip(np.rint(np.asarray(x, dtype=np.float32) * input_scale), qmin, qmax)
-    return np.where(np.isnan(q), 0, q).astype(np.int32)
-
-
 def fit_thresholds(q: np.ndarray, thresholds_per_feature: int, input_bits: int) -> np.ndarray:
     """Distributive thresholds: int32 `[D_in, T]`, non-decreasing, at equal-frequency quantiles of `q`."""
-    qmin, qmax = -(1 << (input_bits - 1)), (1 << (input_bits - 1)) - 1
+    qmin, qmax = input_range(input_bits)
     t = thresholds_per_feature
     if len(q) == 0:
         grid = np.linspace(qmin, qmax, t + 2)[1:-1]
@@ -47,7 +39,3 @@ def fit_thresholds(q: np.ndarray, thresholds_per_feature: int, input_bits: int) 
     thr = np.clip(thr, qmin, qmax)
     return np.maximum.accumulate(thr, axis=1).astype(np.int32)
 
-
-def thermometer_bits(q: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Spec 3.2: uint8 `[M, D_in * T]`, bit `i*T + t` = `q_i > thr[i, t]`."""
-    return (q[:, :, None] > thresholds[None]).reshape(q.shape[0], -1).astype(np.uint8)

@@ -49,6 +49,11 @@ MAX_INPUT_SCALE = float(2**24)
 ACC_LIMIT = 2**31 - 1
 
 
+def input_range(input_bits: int) -> tuple[int, int]:
+    """`(qmin, qmax)` of a signed `input_bits`-bit quantized input (spec section 1)."""
+    return -(1 << (input_bits - 1)), (1 << (input_bits - 1)) - 1
+
+
 def table_words(lut_inputs: int) -> int:
     """64-bit words per truth table: `ceil(2^n / 64)`."""
     return max(1, (1 << lut_inputs) // 64)
@@ -131,11 +136,11 @@ class WeightlessBlockParams:
 
     @property
     def qmin(self) -> int:
-        return -(1 << (self.input_bits - 1))
+        return input_range(self.input_bits)[0]
 
     @property
     def qmax(self) -> int:
-        return (1 << (self.input_bits - 1)) - 1
+        return input_range(self.input_bits)[1]
 
     def layer_rows(self, k: int) -> slice:
         start = self.layer_offsets[k]
@@ -203,7 +208,7 @@ class WeightlessBlockParams:
             raise WeightlessBlockError(
                 "input_scale", f"entry {i} is {scale[i]!r}; must be finite with 0 < s <= 2^24"
             )
-        qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        qmin, qmax = input_range(bits)
         thr = self.thresholds
         outside = (thr < qmin) | (thr > qmax)
         if outside.any():
@@ -365,7 +370,7 @@ def random_params(
     if layer_sizes is None:
         layer_sizes = (out_features * group_size,)
     layer_sizes = tuple(int(s) for s in layer_sizes)
-    qmin, qmax = -(1 << (input_bits - 1)), (1 << (input_bits - 1)) - 1
+    qmin, qmax = input_range(input_bits)
     thresholds = np.sort(
         rng.integers(qmin, qmax + 1, size=(in_features, thresholds_per_feature)), axis=1
     ).astype(np.int32)

@@ -8,33 +8,55 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import WeightlessBlockError
-from .params import WeightlessBlockParams
+from .params import WeightlessBlockParams, input_range
+
+# The spec's steps on plain arrays (the fitting code uses them before a block exists), then the same
+# steps on a block's parameters.
 
 
-def quantize_inputs(params: WeightlessBlockParams, x: np.ndarray) -> np.ndarray:
+def quantize(x: np.ndarray, input_scale: np.ndarray, input_bits: int) -> np.ndarray:
     """Spec 3.1: float32 `[..., D_in]` -> int32 `q` (NaN -> 0, round half to even, saturate)."""
-    x = check_input(params, x)
+    qmin, qmax = input_range(input_bits)
     with np.errstate(all="ignore"):
-        product = x * params.input_scale  # one binary32 multiplication per element
+        product = np.asarray(x, dtype=np.float32) * input_scale  # one binary32 multiplication per element
         rounded = np.rint(product)  # round half to even
-    q = np.clip(rounded, params.qmin, params.qmax)
+    q = np.clip(rounded, qmin, qmax)
     return np.where(np.isnan(q), 0, q).astype(np.int32)
 
 
-def thermometer(params: WeightlessBlockParams, q: np.ndarray) -> np.ndarray:
+def thermometer_bits(q: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Spec 3.2: int32 `[M, D_in]` -> uint8 bits `[M, D_in * T]`, bit `i*T + t` = `q_i > thr[i, t]`."""
-    return (q[:, :, None] > params.thresholds[None, :, :]).reshape(q.shape[0], q.shape[1] * params.thresholds_per_feature).astype(np.uint8)
+    width = q.shape[1] * thresholds.shape[1]
+    return (q[:, :, None] > thresholds[None, :, :]).reshape(q.shape[0], width).astype(np.uint8)
+
+
+def lut_addresses(bits: np.ndarray, mapping: np.ndarray) -> np.ndarray:
+    """Spec 3.3: addresses `[M, L]` of LUTs with `mapping [L, n]` over bits `[M, N]`, slot `l` -> bit `l`.
+
+    One slot at a time, so memory stays at `M * L` (not `M * L * n`)."""
+    address = np.zeros((bits.shape[0], mapping.shape[0]), dtype=np.int32)
+    for slot in range(mapping.shape[1]):
+        address |= bits[:, mapping[:, slot]].astype(np.int32) << slot
+    return address
+
+
+def quantize_inputs(params: WeightlessBlockParams, x: np.ndarray) -> np.ndarray:
+    """Spec 3.1 with the block's scales, after the per-call input check."""
+    return quantize(check_input(params, x), params.input_scale, params.input_bits)
+
+
+def thermometer(params: WeightlessBlockParams, q: np.ndarray) -> np.ndarray:
+    """Spec 3.2 with the block's thresholds."""
+    return thermometer_bits(q, params.thresholds)
 
 
 def lut_layers(params: WeightlessBlockParams, bits: np.ndarray) -> np.ndarray:
     """Spec 3.3: thermometer bits `[M, N_0]` -> last layer's bits `[M, L_{K-1}]`."""
     table_bits = params.table_bits()
-    weights = (1 << np.arange(params.lut_inputs, dtype=np.int64))
     for k in range(params.num_layers):
         rows = params.layer_rows(k)
         mapping = params.mapping[rows]  # [L_k, n]
-        address = (bits[:, mapping].astype(np.int64) * weights).sum(axis=-1)  # [M, L_k], LSB first
-        bits = table_bits[rows][np.arange(mapping.shape[0])[None, :], address]
+        bits = table_bits[rows][np.arange(mapping.shape[0])[None, :], lut_addresses(bits, mapping)]
     return bits
 
 
