@@ -202,14 +202,8 @@ def _save_checkpoint(path: Path, step, losses, graph, optimizer, generator) -> N
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
+    """Read a model as it is (no checker, no opset upgrade: the student is trained as given)."""
     try:
         return onnx.load(str(path))
     except Exception as err:  # protobuf and I/O errors alike: say which file
         raise ValueError(f"{path}: cannot read as an ONNX model ({err})") from err
-
-
-def save_model_atomic(model: onnx.ModelProto, path: Path) -> None:
-    """Write `model` to `path` through a temporary file, so a failure never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)

@@ -50,7 +50,8 @@ def _positive(name: str, value: float | None) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from .finetune import FinetuneOptions, Teacher, finetune, load_model, save_model_atomic
+    from .finetune import FinetuneOptions, Teacher, finetune, load_model
+    from .modelio import save_model
 
     for name in ("steps", "batch_size", "lr", "value_lr", "dense_lr", "candidates", "checkpoint_every", "budget_seconds"):
         _positive(name.replace("_", "-"), getattr(args, name))
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                                resume=args.resume, progress=not args.no_progress)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
-        save_model_atomic(trained, output)
+        save_model(trained, output)
         first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
         print(f"trained {len(losses)} steps: loss {first:.4f} -> {last:.4f}; wrote {output} (checkpoint {checkpoint})")
     if dist.is_initialized():
