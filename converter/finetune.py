@@ -11,6 +11,7 @@ so the averaged gradient is the global batch's gradient (up to float summation o
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -40,6 +41,8 @@ class FinetuneOptions:
     dense_lr: float = 1e-4
     table_magnitude: float = 0.25  # |entry| of fitted tables: small enough that EFD can flip them
     budget_seconds: float | None = None
+    trim_padding: bool = True  # drop sequence positions that are padding in every row of the batch
+    schedule: str = "constant"  # or "cosine": every learning rate decays to 0 over the steps or the budget
 
 
 def check_data(data: Mapping[str, np.ndarray], model: onnx.ModelProto, *, source: str = "data") -> int:
@@ -59,6 +62,34 @@ def check_data(data: Mapping[str, np.ndarray], model: onnx.ModelProto, *, source
     if count == 0:
         raise ValueError(f"{source}: holds no samples")
     return count
+
+
+def trim_padding(feeds: dict[str, np.ndarray], mask_name: str) -> dict[str, np.ndarray]:
+    """The batch without its trailing sequence positions that are padding in every row.
+
+    A right-padded batch of short sentences is mostly padding (WordNet glosses: about 10 real tokens in
+    rows padded to 43 or more). Positions masked out in every row influence no real token, so dropping
+    them changes no real output, and the masked loss only by float summation order. Arrays whose first
+    two axes are not the mask's `[batch, sequence]` are left as they are.
+    """
+    mask = feeds[mask_name]
+    if mask.ndim != 2:
+        return feeds
+    used = np.flatnonzero(mask.any(0))
+    length = int(used[-1]) + 1 if used.size else 1
+    if length == mask.shape[1]:
+        return feeds
+    return {name: np.ascontiguousarray(value[:, :length]) if value.ndim >= 2 and value.shape[:2] == mask.shape
+            else value for name, value in feeds.items()}
+
+
+def schedule_factor(schedule: str, progress: float) -> float:
+    """The learning-rate multiplier at `progress` in [0, 1] of the run (steps or budget, whichever is further)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    raise ValueError(f"unknown learning-rate schedule '{schedule}' (constant, cosine)")
 
 
 def _rank_world() -> tuple[int, int]:
@@ -147,28 +178,38 @@ def finetune(
     if len(graph.dense):
         groups.append({"params": list(graph.dense.values()), "lr": options.dense_lr})
     optimizer = torch.optim.Adam(groups)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a checkpoint's (scheduled) ones
     generator = np.random.default_rng(options.seed)
-    step, losses = 0, []
+    step, losses, elapsed = 0, [], 0.0
     if resume is not None:
         state = torch.load(resume, weights_only=False)
         graph.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.bit_generator.state = state["generator"]
-        step, losses = state["step"], list(state["losses"])
+        step, losses, elapsed = state["step"], list(state["losses"]), float(state.get("seconds", 0.0))
     names = [n for n in data if n != LABELS]
     if teacher is not None:
         probe = {n: np.ascontiguousarray(data[n][: min(rows, 64)]) for n in names}
         variance = max(float(np.var(teacher(probe)[0], dtype=np.float64)), 1e-12)
     mask_name = options.mask_input if options.mask_input in names else None
     tokens_per_sample = float(np.asarray(data[mask_name]).sum(-1).mean()) if mask_name else 1.0
-    start = time.monotonic()
+    schedule_factor(options.schedule, 0.0)  # an unknown schedule fails before any training
+    start = time.monotonic() - elapsed
     bar = tqdm(total=options.steps, initial=step, desc="finetune", unit="step", disable=not progress or rank)
     while step < options.steps:
-        if options.budget_seconds is not None and time.monotonic() - start >= options.budget_seconds:
+        elapsed = _shared_elapsed(time.monotonic() - start, world)
+        if options.budget_seconds is not None and elapsed >= options.budget_seconds:
             break
+        progress_made = step / options.steps
+        if options.budget_seconds is not None:
+            progress_made = max(progress_made, elapsed / options.budget_seconds)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * schedule_factor(options.schedule, progress_made)
         batch = generator.choice(rows, size=options.batch_size, replace=rows < options.batch_size)
         mine = batch[rank * local:(rank + 1) * local]
         feeds = {n: np.ascontiguousarray(data[n][mine]) for n in names}
+        if mask_name and options.trim_padding:
+            feeds = trim_padding(feeds, mask_name)
         output = model(**{n: torch.from_numpy(v) for n, v in feeds.items()})
         output = output[0] if isinstance(output, tuple) else output
         if teacher is not None:
@@ -189,15 +230,24 @@ def finetune(
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if checkpoint is not None and rank == 0 and step % options.checkpoint_every == 0:
-            _save_checkpoint(checkpoint, step, losses, graph, optimizer, generator)
+            _save_checkpoint(checkpoint, step, losses, time.monotonic() - start, graph, optimizer, generator)
     bar.close()
     if checkpoint is not None and rank == 0:
-        _save_checkpoint(checkpoint, step, losses, graph, optimizer, generator)
+        _save_checkpoint(checkpoint, step, losses, time.monotonic() - start, graph, optimizer, generator)
     return write_back(student, graph.block_params(), graph.dense_arrays()), losses
 
 
-def _save_checkpoint(path: Path, step, losses, graph, optimizer, generator) -> None:
-    _atomic_torch_save({"step": step, "losses": losses, "model": graph.state_dict(),
+def _shared_elapsed(seconds: float, world: int) -> float:
+    """Training seconds as every process sees them: the largest, so all stop and decay together."""
+    if world == 1:
+        return seconds
+    value = torch.tensor([seconds], dtype=torch.float64)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return float(value)
+
+
+def _save_checkpoint(path: Path, step, losses, seconds, graph, optimizer, generator) -> None:
+    _atomic_torch_save({"step": step, "losses": losses, "seconds": seconds, "model": graph.state_dict(),
                         "optimizer": optimizer.state_dict(), "generator": generator.bit_generator.state}, path)
 
 

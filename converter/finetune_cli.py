@@ -33,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also train the model's other float weights (written back too)")
     parser.add_argument("--dense-lr", type=float, default=1e-4, help="learning rate of the other weights")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budget-seconds", type=float, help="stop after this much training time")
+    parser.add_argument("--budget-seconds", type=float,
+                        help="stop after this much training time in all (a resumed run counts the time before)")
+    parser.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                        help="learning rates: constant, or cosine decay to 0 over --steps or the budget")
+    parser.add_argument("--no-trim-padding", action="store_true",
+                        help="keep sequence positions that are padding in every row of a batch")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: OUTPUT + .ckpt)")
     parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--resume", type=Path, help="continue from this checkpoint")
@@ -76,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     options = FinetuneOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, value_lr=args.value_lr,
                               seed=args.seed, candidates=args.candidates, checkpoint_every=args.checkpoint_every,
                               budget_seconds=args.budget_seconds, train_dense=args.train_dense,
-                              dense_lr=args.dense_lr)
+                              dense_lr=args.dense_lr, schedule=args.schedule,
+                              trim_padding=not args.no_trim_padding)
     checkpoint = args.checkpoint or output.with_name(output.name + ".ckpt")
     trained, losses = finetune(student, data, teacher=teacher, options=options, checkpoint=checkpoint,
                                resume=args.resume, progress=not args.no_progress)

@@ -12,7 +12,7 @@ from quweit.converter.detect import find_mlps, prepare
 
 def test_shipped_text_and_tokenization():
     texts = minilm.sentences()
-    assert len(texts) == 3000 and all(texts) and len(set(texts)) > 2900
+    assert len(texts) == 20000 and all(texts) and len(set(texts)) == 19998
     inputs = minilm.calibration_inputs(8, offset=2992)
     assert set(inputs) == set(minilm.INPUT_NAMES)
     assert all(v.dtype == np.int64 and v.shape == inputs["input_ids"].shape for v in inputs.values())

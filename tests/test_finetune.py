@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import torch
 from models import FAMILIES, export, reference_inputs
 from onnx import helper, numpy_helper
-from quweit.converter.finetune import FinetuneOptions, Teacher, finetune
+from quweit.converter.finetune import FinetuneOptions, Teacher, finetune, schedule_factor, trim_padding
 from quweit.converter.finetune_cli import main as finetune_main
 from quweit.converter.fitting import fit_block
 from quweit.converter.onnx_torch import OnnxGraphModule, write_back
@@ -184,3 +185,65 @@ def test_train_dense_also_writes_back_the_other_weights(pair):
     graph = OnnxGraphModule(trained).eval()
     got = graph(**{k: torch.from_numpy(v) for k, v in data.items()}).numpy()
     assert np.mean(np.isclose(got, _run(trained, data)[0], rtol=0, atol=1e-5)) > 0.99
+
+
+def test_trim_padding_drops_only_columns_padded_in_every_row():
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], np.int64)
+    feeds = {"attention_mask": mask, "input_ids": np.arange(10).reshape(2, 5), "lengths": np.array([2, 3])}
+    trimmed = trim_padding(feeds, "attention_mask")
+    assert trimmed["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert trimmed["input_ids"].tolist() == [[0, 1, 2], [5, 6, 7]]
+    assert trimmed["lengths"] is feeds["lengths"]
+    full = {"attention_mask": np.ones((2, 4), np.int64)}
+    assert trim_padding(full, "attention_mask") is full
+
+
+def test_trimmed_batch_gives_the_same_real_token_outputs(pair):
+    """Padding positions influence no real token (attention masks them), so trimming is exact for them."""
+    _, _, student, data = pair
+    feeds = {k: v[:4].copy() for k, v in data.items()}
+    feeds["attention_mask"][:, 4:] = 0
+    feeds["attention_mask"][0, 3:] = 0
+    graph = OnnxGraphModule(student).eval()
+    full = graph(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+    trimmed = trim_padding(feeds, "attention_mask")
+    assert trimmed["input_ids"].shape[1] == 4
+    short = graph(**{k: torch.from_numpy(v) for k, v in trimmed.items()}).numpy()
+    real = feeds["attention_mask"][:, :4].astype(bool)
+    np.testing.assert_allclose(short[real], full[:, :4][real], rtol=0, atol=1e-5)
+
+
+def test_cosine_schedule_and_unknown_schedule():
+    assert schedule_factor("constant", 0.7) == 1.0
+    assert [schedule_factor("cosine", p) for p in (0.0, 0.5, 1.0, 2.0)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'linear'"):
+        schedule_factor("linear", 0.0)
+
+
+def test_resume_with_cosine_schedule_equals_uninterrupted_run(pair, tmp_path, monkeypatch):
+    """The schedule restarts where it stopped: a run resumed at step 3 of 6 ends as the whole run does
+    (this fails if a resumed run took its checkpoint's decayed rates as base rates)."""
+    import shutil
+
+    import quweit.converter.finetune as finetune_module
+
+    paths, _teacher, student, data = pair
+    save = finetune_module._save_checkpoint
+
+    def save_and_keep_step_3(path, step, *rest):
+        save(path, step, *rest)
+        if step == 3:
+            shutil.copy(path, tmp_path / "step3.ckpt")
+
+    monkeypatch.setattr(finetune_module, "_save_checkpoint", save_and_keep_step_3)
+    options = FinetuneOptions(steps=6, batch_size=8, lr=0.05, value_lr=0.01, schedule="cosine", checkpoint_every=1)
+    teacher = Teacher(paths["teacher"])
+    full, _ = finetune(student, data, teacher=teacher, options=options, checkpoint=tmp_path / "full.ckpt",
+                       progress=False)
+    resumed, _ = finetune(student, data, teacher=teacher, options=options, checkpoint=tmp_path / "again.ckpt",
+                          resume=tmp_path / "step3.ckpt", progress=False)
+    assert read_blocks(full)[0].equals(read_blocks(resumed)[0])
+    constant, _ = finetune(student, data, teacher=teacher, options=dataclasses.replace(options, schedule="constant"),
+                           progress=False)
+    assert not read_blocks(full)[0].equals(read_blocks(constant)[0])
+
