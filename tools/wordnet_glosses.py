@@ -1,7 +1,7 @@
 """Rebuild converter/data/wordnet_glosses.txt, the real text the MiniLM example and tests use.
 
     apt-get download wordnet-base && dpkg -x wordnet-base_*.deb wordnet
-    python tools/wordnet_glosses.py wordnet/usr/share/wordnet [--count 20000] [-o converter/data/wordnet_glosses.txt]
+    python tools/wordnet_glosses.py wordnet/usr/share/wordnet --force [--count 20000] [-o OUT]
 
 Glosses are the definition part (before the first ';') of every synset line of data.{noun,verb,adj,adv}
 (WordNet 3.0, Debian wordnet-base 1:3.0-37), kept when 20-160 characters long, shuffled with
@@ -43,7 +43,12 @@ def main() -> None:
     parser.add_argument("wordnet", type=Path, help="folder with WordNet 3.0's data.{noun,verb,adj,adv}")
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--force", action="store_true", help="replace an existing output file")
     args = parser.parse_args()
+    if args.count < FIRST_RELEASE:
+        raise SystemExit(f"--count must be at least {FIRST_RELEASE} (the first release's sample), got {args.count}")
+    if args.output.exists() and not args.force:
+        raise SystemExit(f"{args.output} exists; pass --force to replace it")
     order = glosses(args.wordnet)
     random.Random(0).shuffle(order)
     sample = order[:FIRST_RELEASE]
