@@ -13,7 +13,7 @@ Steps (each timed; the numbers go to examples/results/finetune_minilm.json, whic
 
 The recipe's parts, each chosen over the one before in exploratory 300-900 s runs on this machine (held-out
 cosine, not reproduced by this script): training the attention, norms and embeddings around the blocks
-at --dense-lr 5e-4 rather than 1e-4; all 19,360 free glosses for training rather than 1,600 (with few
+at --dense-lr 5e-4 rather than 1e-4; about 20,000 glosses for training rather than 1,600 (with few
 glosses the dense weights overfit); cosine decay of every learning rate over the budget; and batches
 trimmed of their all-padding positions (about twice the steps per second).
 """
