@@ -197,11 +197,11 @@ def finetune(
     start = time.monotonic() - elapsed
     bar = tqdm(total=options.steps, initial=step, desc="finetune", unit="step", disable=not progress or rank)
     while step < options.steps:
-        elapsed = _shared_elapsed(time.monotonic() - start, world)
-        if options.budget_seconds is not None and elapsed >= options.budget_seconds:
-            break
         progress_made = step / options.steps
         if options.budget_seconds is not None:
+            elapsed = _shared_elapsed(time.monotonic() - start, world)
+            if elapsed >= options.budget_seconds:
+                break
             progress_made = max(progress_made, elapsed / options.budget_seconds)
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * schedule_factor(options.schedule, progress_made)
