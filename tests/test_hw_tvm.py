@@ -125,6 +125,16 @@ def test_invalid_block_is_rejected_with_its_node_name():
         frontend.from_onnx(model)
 
 
+def test_missing_input_bits_is_rejected_not_defaulted():
+    model = make_block_model(block(2, n=2, layers=1, bits=6))
+    node = model.graph.node[0]
+    kept = [a for a in node.attribute if a.name != "input_bits"]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    with pytest.raises(ValueError, match="node 'block'.*'input_bits': attribute is missing"):
+        frontend.from_onnx(model)
+
+
 @pytest.fixture(scope="module")
 def converted_bert(tmp_path_factory):
     """A random-weight BERT (tests/models.py), its MLPs replaced by random blocks by the converter."""

@@ -191,6 +191,7 @@ def set_attribute(model: onnx.ModelProto, name: str, value) -> onnx.ModelProto:
     ("lut_inputs", 9, "value 9 is outside [1, 8]"),
     ("lut_inputs", None, "attribute is missing"),
     ("input_bits", 1, "value 1 is outside [2, 16]"),
+    ("input_bits", None, "attribute is missing"),  # required by the spec: no silent default of 8
     ("layer_sizes", None, "attribute is missing"),
     ("layer_sizes", [9, 0], "entry 1 must be an int >= 1, got 0"),
     ("in_features", 7, "attribute is 7 but the parameters give 6"),
