@@ -42,10 +42,24 @@ def _calib(n=40):
 class _Recording:
     def __init__(self):
         self.calls = []
+        self.blocks = []
 
     def __call__(self, x, y, **kw):
         self.calls.append((x.copy(), y.copy(), kw))
-        return fit_block(x, y, **kw)
+        self.blocks.append(fit_block(x, y, **kw))
+        return self.blocks[-1]
+
+
+def _mean_token_cosine(model: onnx.ModelProto, other: onnx.ModelProto, feeds: list[dict]) -> float:
+    """Mean cosine of the two models' outputs token by token (onnxruntime, decomposition), in float64."""
+    import onnxruntime as ort
+
+    def run(m):
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, f)[0].reshape(-1, D) for f in feeds]).astype(np.float64)
+
+    a, b = run(model), run(other)
+    return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
 def _dense(mlp, x):
@@ -87,8 +101,16 @@ def test_local_fit_uses_the_original_activations_and_fills_the_sensitivity_table
     assert len(fit.calls) == 2
     for (x, _, _), mlp in zip(fit.calls, mlps):
         np.testing.assert_array_equal(x, original[mlp.input])
-    alone = [row["fidelity_alone"] for row in report["mlps"]]
-    assert all(-1.0 <= a <= 1.0 for a in alone) and -1.0 <= report["fidelity"] <= 1.0
+    # each 'alone' score: the model with only that MLP's block in place against the original, on the
+    # held-out batches, recomputed here; the total: the model with both blocks
+    _, held_out = calibrate.split(calib, 16)
+    for row, mlp, block in zip(report["mlps"], mlps, fit.blocks):
+        only, _ = rewrite_mlps(prepared, {mlp.output: block})
+        expected = _mean_token_cosine(prepared, only, held_out)
+        assert row["fidelity_alone"] == pytest.approx(expected, abs=1e-9), row
+        assert expected < 0.9999  # a fitted block is not the MLP: the score measures something
+    both, _ = rewrite_mlps(prepared, {m.output: b for m, b in zip(mlps, fit.blocks)})
+    assert report["fidelity"] == pytest.approx(_mean_token_cosine(prepared, both, held_out), abs=1e-9)
 
 
 def test_budget_is_split_over_all_fits_and_layers_pick_mlps():

@@ -18,7 +18,7 @@ from quweit.converter.finetune import FinetuneOptions, Teacher, finetune, schedu
 from quweit.converter.finetune_cli import main as finetune_main
 from quweit.converter.fitting import fit_block
 from quweit.converter.onnx_torch import OnnxGraphModule, write_back
-from quweit.custom_ops import BlockConfig, attach_decomposition, make_block_node, read_blocks
+from quweit.custom_ops import BlockConfig, attach_decomposition, evaluate, make_block_node, read_blocks
 
 HEAD_CONFIG = BlockConfig(lut_inputs=4, thresholds_per_feature=4, luts_per_output=2)
 
@@ -81,11 +81,31 @@ def test_onnx_torch_onnx_keeps_every_parameter(pair):
 
 
 def test_student_graph_block_is_exact_on_onnxruntime_inputs(pair):
+    """The torch block, given exactly the input onnxruntime's block receives, gives exactly onnxruntime's
+    block output (atol 0); inside the torch graph the block is fed the trunk's output and equals the
+    reference on whatever it receives (the trunk's float ops may differ from onnxruntime's in the last bits)."""
     _, _, student, data = pair
+    hidden, block_node = student.graph.node[-1].input[0], student.graph.node[-1]
+    assert block_node.domain == "quweit"
+    probe = onnx.ModelProto()
+    probe.CopyFrom(student)
+    probe.graph.output.append(helper.make_tensor_value_info(hidden, onnx.TensorProto.FLOAT, None))
+    ort_y, ort_h = _run(probe, data)
     graph = OnnxGraphModule(student).eval()
-    got = graph(**{k: torch.from_numpy(v) for k, v in data.items()}).numpy()
-    want = _run(student, data)[0]
-    assert np.mean(got == want) > 0.99  # trunk floats differ in the last bits; the block itself is exact
+    (block,) = graph.blocks.values()
+    with torch.no_grad():
+        torch_y = block(torch.from_numpy(ort_h)).numpy()
+    assert torch_y.dtype == ort_y.dtype and np.array_equal(torch_y.view(np.int32), ort_y.view(np.int32))
+    params = read_blocks(student)[0]
+    assert np.array_equal(evaluate(params, ort_h).view(np.int32), ort_y.view(np.int32))
+
+    seen = []
+    block.register_forward_hook(lambda module, args, output: seen.append((args[0].detach().numpy(), output.detach().numpy())))
+    with torch.no_grad():
+        graph(**{k: torch.from_numpy(v) for k, v in data.items()})
+    (torch_h, graph_y), = seen
+    np.testing.assert_allclose(torch_h, ort_h, rtol=0, atol=1e-5)  # the same value, up to trunk rounding
+    assert np.array_equal(graph_y.view(np.int32), evaluate(params, torch_h).view(np.int32))
 
 
 def _heldout_loss(model, teacher, data) -> float:
