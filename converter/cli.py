@@ -1,7 +1,8 @@
 """`quweit-convert`: swap a model's transformer MLPs for fitted `WeightlessBlock`s.
 
-Exit codes: 0 converted; 2 bad usage or bad input; 3 valid model with no MLP found. The input is never
-modified and the output appears only when complete.
+Exit codes: 0 converted; 2 bad usage or bad input; 3 valid model with no MLP found; 1 internal error
+(a bug: please report it); 130/143 interrupted. The input is never modified and the outputs (model,
+report) appear only when complete. `--debug` prints the traceback of an error.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from quweit.command import run_command, signals_deferred
 from quweit.custom_ops import BlockConfig
 
 from .convert import DEFAULT_FIDELITY_FLOOR, convert
@@ -63,22 +65,21 @@ def _config(args) -> BlockConfig | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except ConvertError as err:
-        print(f"quweit-convert: error: {err}", file=sys.stderr)
-        if args.explain and isinstance(err, NoMlpError):
-            print("candidates that did not match:" if err.rejected else "no candidates (no Linear layer found)")
-            for where, reason in err.rejected:
-                print(f"  {where}: {reason}")
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("quweit-convert: interrupted; no output written", file=sys.stderr)
-        return 130
+    return run_command("quweit-convert", _parser(), _run, argv)
 
 
 def _run(args) -> int:
+    try:
+        return _convert(args)
+    except NoMlpError as err:
+        if args.explain:
+            print("candidates that did not match:" if err.rejected else "no candidates (no Linear layer found)")
+            for where, reason in err.rejected:
+                print(f"  {where}: {reason}")
+        raise
+
+
+def _convert(args) -> int:
     calib = None
     if args.example:
         if args.model:
@@ -116,23 +117,31 @@ def _run(args) -> int:
     )
     from .report import format_table
 
-    save_model(converted, output, external_data=has_external_data(source) or None)
     report["output"] = str(output)
+    _write_outputs(converted, output, report, Path(args.report) if args.report else None,
+                   external_data=has_external_data(source) or None)
     print(format_table(report, explain=args.explain))
     print(f"wrote {output}")
     if args.report:
-        _write_json(report, Path(args.report))
         print(f"wrote {args.report}")
     return EXIT_OK
 
 
-def _write_json(report: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(report, indent=2, default=float))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _write_outputs(model, output: Path, report: dict, report_path: Path | None, *, external_data) -> None:
+    """The model and the report appear together or not at all (Ctrl-C held back meanwhile; a failed write
+    removes what was prepared)."""
+    with signals_deferred():
+        tmp = None
+        try:
+            if report_path is not None:
+                tmp = report_path.with_name(f".{report_path.name}.tmp{os.getpid()}")
+                tmp.write_text(json.dumps(report, indent=2, default=float))
+            save_model(model, output, external_data=external_data)
+            if tmp is not None:
+                os.replace(tmp, report_path)
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

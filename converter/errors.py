@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_NO_MLP = 3
+from quweit.errors import EXIT_BAD_INPUT, EXIT_NO_MLP, EXIT_OK, InputError
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_NO_MLP", "EXIT_OK", "BadInputError", "ConvertError", "FinetuneError", "NoMlpError"]
 
 
-class ConvertError(Exception):
+class ConvertError(InputError):
     exit_code = EXIT_BAD_INPUT
 
 
@@ -15,6 +15,10 @@ class BadInputError(ConvertError):
     """Bad usage or bad input: not a file, not ONNX, invalid model, unsupported opset, output exists."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class FinetuneError(InputError, ValueError):
+    """Bad input to fine-tuning: options, data, a model it cannot train, a checkpoint it cannot resume."""
 
 
 class NoMlpError(ConvertError):

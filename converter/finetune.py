@@ -22,6 +22,7 @@ import onnx
 import torch
 import torch.distributed as dist
 
+from .errors import FinetuneError
 from .onnx_torch import OnnxGraphModule, write_back
 
 LABELS = "labels"
@@ -51,16 +52,16 @@ def check_data(data: Mapping[str, np.ndarray], model: onnx.ModelProto, *, source
     inputs = [i.name for i in model.graph.input if i.name not in inits]
     missing = [n for n in inputs if n not in data]
     if missing:
-        raise ValueError(f"{source}: missing arrays for graph inputs {missing} (has {sorted(data)})")
+        raise FinetuneError(f"{source}: missing arrays for graph inputs {missing} (has {sorted(data)})")
     unknown = sorted(set(data) - set(inputs) - {LABELS})
     if unknown:
-        raise ValueError(f"{source}: arrays {unknown} are neither graph inputs {inputs} nor '{LABELS}'")
+        raise FinetuneError(f"{source}: arrays {unknown} are neither graph inputs {inputs} nor '{LABELS}'")
     rows = {name: np.asarray(value).shape[0] if np.asarray(value).ndim else None for name, value in data.items()}
     if len(set(rows.values())) != 1 or None in rows.values():
-        raise ValueError(f"{source}: arrays must share their first (sample) axis, got {rows}")
+        raise FinetuneError(f"{source}: arrays must share their first (sample) axis, got {rows}")
     count = next(iter(rows.values()))
     if count == 0:
-        raise ValueError(f"{source}: holds no samples")
+        raise FinetuneError(f"{source}: holds no samples")
     return count
 
 
@@ -89,7 +90,7 @@ def schedule_factor(schedule: str, progress: float) -> float:
         return 1.0
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-    raise ValueError(f"unknown learning-rate schedule '{schedule}' (constant, cosine)")
+    raise FinetuneError(f"unknown learning-rate schedule '{schedule}' (constant, cosine)")
 
 
 def _rank_world() -> tuple[int, int]:
@@ -99,9 +100,48 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write `obj` to `path` whole or not at all (a failure or Ctrl-C leaves the previous file, no temp)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+#: What `_save_checkpoint` writes; `load_checkpoint` requires every key.
+CHECKPOINT_KEYS = ("step", "losses", "seconds", "model", "optimizer", "generator")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by `_save_checkpoint`, read with `weights_only=True`: tensors, dicts, lists,
+    numbers and strings only, so a crafted file cannot run code (it is a user's file)."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FinetuneError(f"--resume {path}: not a readable quweit-finetune checkpoint ({first})") from err
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise FinetuneError(f"--resume {path}: not a quweit-finetune checkpoint (missing {missing})")
+    if not isinstance(state["step"], int) or state["step"] < 0:
+        raise FinetuneError(f"--resume {path}: step {state['step']!r} is not a count of steps")
+    return state
+
+
+def _resume(path: Path, graph: torch.nn.Module, optimizer, generator: np.random.Generator) -> tuple[int, list, float]:
+    """Restore model, optimizer and sampler from a checkpoint; (step, losses, seconds) to continue from."""
+    state = load_checkpoint(path)
+    try:
+        graph.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.bit_generator.state = state["generator"]
+        return state["step"], [float(v) for v in state["losses"]], float(state["seconds"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FinetuneError(f"--resume {path}: the checkpoint does not belong to this model and these options "
+                            f"({first})") from err
 
 
 class Teacher:
@@ -160,16 +200,16 @@ def finetune(
 
     rows = check_data(data, student)
     if teacher is None and LABELS not in data:
-        raise ValueError(f"no teacher and no '{LABELS}' array: nothing to train against")
+        raise FinetuneError(f"no teacher and no '{LABELS}' array: nothing to train against")
     rank, world = _rank_world()
     if options.batch_size % world:
-        raise ValueError(f"batch size {options.batch_size} is not divisible by the {world} processes")
+        raise FinetuneError(f"batch size {options.batch_size} is not divisible by the {world} processes")
     local = options.batch_size // world
     torch.manual_seed(options.seed)
     graph = OnnxGraphModule(student, train_dense=options.train_dense, candidates=options.candidates,
                            table_magnitude=options.table_magnitude, seed=options.seed).train()
     if not len(graph.blocks):
-        raise ValueError("the student model holds no WeightlessBlock nodes to train")
+        raise FinetuneError("the student model holds no WeightlessBlock nodes to train")
     blocks = graph.blocks
     tables = [p for b in blocks.values() for p in (*b.tables, *b.mapping_weights)]
     values = [p for b in blocks.values() for p in (b.encoded_values, b.bias)]
@@ -182,11 +222,7 @@ def finetune(
     generator = np.random.default_rng(options.seed)
     step, losses, elapsed = 0, [], 0.0
     if resume is not None:
-        state = torch.load(resume, weights_only=False)
-        graph.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.bit_generator.state = state["generator"]
-        step, losses, elapsed = state["step"], list(state["losses"]), float(state.get("seconds", 0.0))
+        step, losses, elapsed = _resume(resume, graph, optimizer, generator)
     names = [n for n in data if n != LABELS]
     if teacher is not None:
         probe = {n: np.ascontiguousarray(data[n][: min(rows, 64)]) for n in names}
@@ -256,4 +292,4 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))
     except Exception as err:  # protobuf and I/O errors alike: say which file
-        raise ValueError(f"{path}: cannot read as an ONNX model ({err})") from err
+        raise FinetuneError(f"{path}: cannot read as an ONNX model ({err})") from err

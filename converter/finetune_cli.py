@@ -13,9 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
+from quweit.command import run_command, signals_deferred
+
+from .errors import FinetuneError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _positive(name: str, value: float | None) -> None:
     if value is not None and value <= 0:
-        raise ValueError(f"--{name} must be > 0, got {value}")
+        raise FinetuneError(f"--{name} must be > 0, got {value}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,19 +67,19 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or args.model.with_name(args.model.name.removesuffix(".onnx") + ".finetuned.onnx")
     if output.resolve() in {args.model.resolve(), args.data.resolve()} | (
             {args.teacher.resolve()} if args.teacher else set()):
-        raise ValueError(f"output {output} would overwrite an input")
+        raise FinetuneError(f"output {output} would overwrite an input")
     if output.exists() and not args.force:
-        raise ValueError(f"output {output} exists; pass --force to overwrite it")
+        raise FinetuneError(f"output {output} exists; pass --force to overwrite it")
     for path in (args.model, args.data, args.teacher, args.resume):
         if path is not None and not path.is_file():
-            raise ValueError(f"{path}: no such file")
+            raise FinetuneError(f"{path}: no such file")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
     try:
-        with np.load(args.data) as archive:
+        with np.load(args.data, allow_pickle=False) as archive:
             data = {name: archive[name] for name in archive.files}
-    except Exception as err:
-        raise ValueError(f"{args.data}: cannot read as npz ({err})") from err
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise FinetuneError(f"{args.data}: cannot read as npz ({err})") from err
     student = load_model(args.model)
     teacher = Teacher(args.teacher) if args.teacher else None
     options = FinetuneOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, value_lr=args.value_lr,
@@ -88,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
                                resume=args.resume, progress=not args.no_progress)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
-        save_model(trained, output)
+        with signals_deferred():
+            save_model(trained, output)
         first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
         print(f"trained {len(losses)} steps: loss {first:.4f} -> {last:.4f}; wrote {output} (checkpoint {checkpoint})")
     if dist.is_initialized():
@@ -97,12 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except ValueError as err:  # WeightlessBlockError and bad inputs: one clear line, non-zero exit
-        print(f"quweit-finetune: error: {err}", file=sys.stderr)
-        return 2
+    return run_command("quweit-finetune", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

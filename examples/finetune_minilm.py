@@ -34,6 +34,7 @@ import torch
 from quweit.converter import minilm
 from quweit.converter.calibrate import session
 from quweit.converter.convert import convert
+from quweit.converter.finetune import load_checkpoint
 from quweit.converter.finetune_cli import main as finetune_main
 
 RESULTS = Path(__file__).resolve().parent / "results" / "finetune_minilm.json"
@@ -99,7 +100,7 @@ def main() -> None:
     if code:
         raise SystemExit(code)
     tune_seconds = time.monotonic() - started
-    steps = torch.load(tuned_path.with_name(tuned_path.name + ".ckpt"), weights_only=False)["step"]
+    steps = load_checkpoint(tuned_path.with_name(tuned_path.name + ".ckpt"))["step"]
     cosine_tuned = embedding_cosine(tuned_path, heldout, reference)
     print(f"after fine-tuning ({steps} steps, {tune_seconds:.0f} s): held-out embedding cosine {cosine_tuned:.4f}")
 

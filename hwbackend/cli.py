@@ -1,18 +1,18 @@
 """`quweit-compile MODEL.quweit.onnx -o OUTDIR [--target c|verilog|all] [--verify]`.
 
-Exit codes: 0 success; 1 verification found a mismatch (OUTDIR is written, report.json says which);
-2 bad input (no blocks, unsupported block, missing simulator, existing OUTDIR without --force, ...),
-with nothing written to OUTDIR.
+Exit codes: 0 success; 1 verification found a mismatch (OUTDIR is written, report.json says which) or an
+internal error (a bug: please report it); 2 bad input (no blocks, unsupported block, missing simulator,
+existing OUTDIR without --force, ...), with nothing written to OUTDIR; 130/143 interrupted, nothing
+written. `--debug` prints the traceback of an error.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
-from .errors import HwBackendError
+from quweit.command import run_command
 
 DESCRIPTION = (
     "Lower a converted model's quweit::WeightlessBlock nodes with TVM Relax BYOC to a C library and "
@@ -57,7 +57,10 @@ def summary_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    return run_command("quweit-compile", parser(), _run, argv)
+
+
+def _run(args) -> int:
     from .compile import CompileOptions, compile_model
 
     opts = CompileOptions(
@@ -65,15 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         simulator=args.simulator, pipeline=args.pipeline, random_vectors=args.vectors,
         inputs=args.inputs, seed=args.seed, force=args.force, synth=args.synth,
     )
-    # SIGTERM unwinds like Ctrl-C, so the temporary build folder is removed on the way out
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        report, blocks = compile_model(opts)
-    except HwBackendError as err:
-        print(f"quweit-compile: error: {err}", file=sys.stderr)
-        return err.exit_code
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    report, blocks = compile_model(opts)
     print(summary_table(report))
     print(f"wrote {args.output} ({report['seconds']} s)")
     if report["verified"] is False:

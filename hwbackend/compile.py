@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from quweit.command import signals_deferred
 from quweit.custom_ops import WeightlessBlockError, WeightlessBlockParams, quantize_inputs, read_blocks
 from tqdm import tqdm
 
@@ -236,7 +237,8 @@ def compile_model(opts: CompileOptions, *, log=print) -> tuple[dict, list[BlockR
         report["library_scope"] = library["scope"] if opts.target in ("c", "all") else None
         report["tvm_import_failure"] = library["import_failure"]
         (workdir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-        install(workdir, opts.outdir, force=opts.force)
+        with signals_deferred():  # the old folder is replaced by the new one, never left half-moved
+            install(workdir, opts.outdir, force=opts.force)
         return report, reports
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -184,8 +184,8 @@ def test_torchrun_two_processes_match_one_process(pair, tmp_path):
                     "--standalone", "-m", "quweit.converter.finetune_cli", *args,
                     "-o", str(tmp_path / "ddp.onnx")], check=True, env=env, cwd=tmp_path, timeout=300)
     assert finetune_main([*args, "-o", str(tmp_path / "single.onnx")]) == 0
-    ddp = torch.load(tmp_path / "ddp.onnx.ckpt", weights_only=False)["model"]
-    single = torch.load(tmp_path / "single.onnx.ckpt", weights_only=False)["model"]
+    ddp = torch.load(tmp_path / "ddp.onnx.ckpt", weights_only=True)["model"]
+    single = torch.load(tmp_path / "single.onnx.ckpt", weights_only=True)["model"]
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-5, atol=1e-6)
     a, b = (read_blocks(onnx.load(tmp_path / f"{n}.onnx"))[0] for n in ("ddp", "single"))
