@@ -152,6 +152,39 @@ def test_cli_resume_equals_uninterrupted_run(pair, tmp_path):
     assert not read_blocks(full)[0].equals(read_blocks(onnx.load(paths["student"]))[0])
 
 
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_resume_never_unpickles_code(pair, tmp_path, capsys):
+    """A crafted checkpoint whose unpickling would run code is refused (weights_only=True), exit 2."""
+    paths, *_ = pair
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"step": 1, "losses": [], "seconds": 0.0, "model": {}, "optimizer": {},
+                "generator": _RunsCodeWhenUnpickled(marker)}, evil)
+    code = finetune_main([str(paths["student"]), "--teacher", str(paths["teacher"]), "--data", str(paths["data"]),
+                          "-o", str(tmp_path / "out.onnx"), "--no-progress", "--resume", str(evil)])
+    assert code == 2 and not marker.exists()
+    err = capsys.readouterr().err
+    assert f"--resume {evil}: not a readable quweit-finetune checkpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_resume_of_another_models_checkpoint_is_bad_input(pair, tmp_path, capsys):
+    paths, *_ = pair
+    other = tmp_path / "other.ckpt"
+    torch.save({"step": 1, "losses": [1.0], "seconds": 0.0, "model": {"nothing": torch.zeros(2)}, "optimizer": {},
+                "generator": {}}, other)
+    code = finetune_main([str(paths["student"]), "--teacher", str(paths["teacher"]), "--data", str(paths["data"]),
+                          "-o", str(tmp_path / "out.onnx"), "--no-progress", "--resume", str(other)])
+    assert code == 2 and "does not belong to this model" in capsys.readouterr().err
+
+
 def test_cli_errors_name_the_problem(pair, tmp_path, capsys):
     paths, *_ = pair
     out = tmp_path / "out.onnx"
