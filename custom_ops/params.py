@@ -45,9 +45,10 @@ LIMITS = {
     "lut_inputs": (1, 8),
     "input_bits": (2, 16),
 }
-#: Attributes every node must carry (spec section 1); the derived ones are checked when present.
-REQUIRED_ATTRIBUTES = ("lut_inputs", "layer_sizes", "input_bits")
+#: Attributes every node must carry (spec section 1, no defaults); the derived ones must agree with the
+#: parameters' shapes.
 DERIVED_ATTRIBUTES = ("in_features", "out_features", "thresholds_per_feature")
+REQUIRED_ATTRIBUTES = ("lut_inputs", "layer_sizes", "input_bits", *DERIVED_ATTRIBUTES)
 MAX_INPUT_SCALE = float(2**24)
 ACC_LIMIT = 2**31 - 1
 
@@ -340,8 +341,8 @@ class WeightlessBlockParams:
     ) -> "WeightlessBlockParams":
         """A block from its attribute values and parameter arrays (what every importer reads from a node).
 
-        `lut_inputs`, `layer_sizes` and `input_bits` are required (spec section 1; no defaults); the
-        derived attributes, when present, must agree with the parameters' shapes.
+        Every attribute is required (spec section 1; no defaults); the derived ones (`in_features`,
+        `out_features`, `thresholds_per_feature`) must agree with the parameters' shapes.
         """
         for required in REQUIRED_ATTRIBUTES:
             if attrs.get(required) is None:
@@ -355,7 +356,7 @@ class WeightlessBlockParams:
             **arrays,
         )
         for attr in DERIVED_ATTRIBUTES:
-            if attrs.get(attr) is not None and attrs[attr] != getattr(params, attr):
+            if attrs[attr] != getattr(params, attr):
                 raise WeightlessBlockError(
                     attr, f"attribute is {attrs[attr]} but the parameters give {getattr(params, attr)}", node=node
                 )

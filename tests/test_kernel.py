@@ -195,6 +195,7 @@ def set_attribute(model: onnx.ModelProto, name: str, value) -> onnx.ModelProto:
     ("layer_sizes", None, "attribute is missing"),
     ("layer_sizes", [9, 0], "entry 1 must be an int >= 1, got 0"),
     ("in_features", 7, "attribute is 7 but the parameters give 6"),
+    ("thresholds_per_feature", None, "attribute is missing"),
 ])
 def test_invalid_attributes_fail_session_creation(name, value, expected):
     model = set_attribute(kernel_only(base_params()), name, value)

@@ -187,9 +187,10 @@ BlockParams read_block_params(const Ort::ConstKernelInfo& info) {
                                    std::to_string(d_out) + " (group sizes must divide)");
   const char* derived_names[3] = {"in_features", "out_features", "thresholds_per_feature"};
   const int64_t derived[3] = {d_in, d_out, t_per};
-  for (int a = 0; a < 3; ++a) {
+  for (int a = 0; a < 3; ++a) {  // required, like every attribute (spec section 1)
     int64_t stated = 0;
-    if (reader.has_int(derived_names[a], &stated) && stated != derived[a])
+    if (!reader.has_int(derived_names[a], &stated)) reader.fail(derived_names[a], "attribute is missing");
+    if (stated != derived[a])
       reader.fail(derived_names[a], "attribute is " + std::to_string(stated) + " but the parameters give " +
                                         std::to_string(derived[a]));
   }
