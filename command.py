@@ -7,8 +7,9 @@ line on stderr:
   -> its exit code (2 bad input, 3 no MLP);
 - an `OSError` (unreadable or unwritable path, full disk, file too large, no permission) -> 2, naming the
   path and the reason;
-- Ctrl-C or SIGTERM -> 130 / 143; the bodies clean up on the way out (temporary files are removed in
-  `finally` blocks), so an interrupted command leaves its inputs untouched and no partial output;
+- Ctrl-C or SIGTERM -> 130 / 143: SIGTERM unwinds like Ctrl-C (`quweit.onnxio.signals`), so the
+  bodies clean up on the way out (the one atomic writer removes its temporary files) and an interrupted
+  command leaves its inputs untouched and no partial output;
 - anything else is a bug in quweit -> 1, with a short message and a hint to report it.
 
 A traceback is printed only with `--debug`, which every command accepts.
@@ -17,32 +18,23 @@ A traceback is printed only with `--debug`, which every command accepts.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import os
 import signal
 import sys
-import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, InputError
+from .onnxio.signals import EXIT_TERMINATED, Terminated, sigterm_unwinds
+
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 #: Where a user reports an internal error.
 REPORT_HINT = ("this is a bug in quweit: please report it with the command line and the output of the same "
                "command run again with --debug")
 #: Longest message printed (a hostile file can make a library's error text arbitrarily long).
 MAX_MESSAGE = 600
-#: Signals that end a command cleanly (an exception unwinds it, so its cleanup runs).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived; raised in the main thread so `finally` blocks remove temporary files."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def one_line(text: object) -> str:
@@ -68,35 +60,6 @@ def add_debug_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parser
 
 
-@contextlib.contextmanager
-def stop_signals_raise() -> Iterator[None]:
-    """While the body runs, SIGINT and SIGTERM raise `Interrupted` (SIGTERM would otherwise kill the
-    process at once, leaving temporary files behind). Restored afterwards; main thread only."""
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield
-        return
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back while outputs are committed (a few renames), so a command's outputs
-    appear together or not at all; a signal that arrived meanwhile is delivered right after."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def run_command(prog: str, parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int],
                 argv: list[str] | None = None) -> int:
     """Parse `argv`, run `body(args)` and map its outcome to an exit status (see the module docstring)."""
@@ -111,12 +74,12 @@ def run_command(prog: str, parser: argparse.ArgumentParser, body: Callable[[argp
         return status
 
     try:
-        with stop_signals_raise():
+        with sigterm_unwinds():
             return body(args)
-    except Interrupted as stop:
-        return fail(128 + stop.signum, f"interrupted ({stop}); inputs untouched, no output written")
+    except Terminated:
+        return fail(EXIT_TERMINATED, "terminated (SIGTERM); inputs untouched, no output written")
     except KeyboardInterrupt:
-        return fail(128 + signal.SIGINT, "interrupted; inputs untouched, no output written")
+        return fail(EXIT_INTERRUPTED, "interrupted; inputs untouched, no output written")
     except InputError as err:
         return fail(err.exit_code, f"error: {one_line(err)}")
     except OSError as err:

@@ -8,24 +8,30 @@ report) appear only when complete. `--debug` prints the traceback of an error.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
-from quweit.command import run_command, signals_deferred
+from quweit.command import run_command
 from quweit.custom_ops import BlockConfig
+from quweit.onnxio import (
+    has_external_data,
+    load_inputs,
+    load_model,
+    refuse_to_clobber,
+    save_model,
+    signals_deferred,
+    write_json,
+)
 
 from .convert import DEFAULT_FIDELITY_FLOOR, convert
 from .errors import EXIT_OK, ConvertError, NoMlpError
-from .modelio import has_external_data, load_model, save_model
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quweit-convert", description=__doc__.splitlines()[0])
     p.add_argument("model", nargs="?", help="input ONNX model (weights may be in a side file)")
-    p.add_argument("-o", "--output", help="output model (default: MODEL.quweit.onnx beside the input)")
+    p.add_argument("-o", "--output", help="output model (default: MODEL.quweit.onnx beside the input; minilm.quweit.onnx here with --example)")
     p.add_argument("--calib", help="calibration inputs: .npz with one array per graph input (first axis: samples)")
     p.add_argument("--layers", default="all", help="'all' (default), 'auto', 'none' or MLP indices such as 0,2,5")
     p.add_argument("--fidelity-floor", type=float, default=DEFAULT_FIDELITY_FLOOR,
@@ -65,12 +71,12 @@ def _config(args) -> BlockConfig | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command("quweit-convert", _parser(), _run, argv)
+    return run_command("quweit-convert", _parser(), _explained, argv)
 
 
-def _run(args) -> int:
+def _explained(args) -> int:
     try:
-        return _convert(args)
+        return _run(args)
     except NoMlpError as err:
         if args.explain:
             print("candidates that did not match:" if err.rejected else "no candidates (no Linear layer found)")
@@ -79,37 +85,36 @@ def _run(args) -> int:
         raise
 
 
-def _convert(args) -> int:
-    calib = None
+def _run(args) -> int:
     if args.example:
         if args.model:
             raise ConvertError("give either MODEL or --example, not both")
-        from . import minilm
+        args.output = args.output or "minilm.quweit.onnx"  # the exported original lives in a temporary folder
+        with tempfile.TemporaryDirectory(prefix="quweit-minilm-") as workdir:
+            from . import minilm
 
-        workdir = Path(tempfile.mkdtemp(prefix="quweit-minilm-"))
-        print(f"exporting the pretrained all-MiniLM-L6-v2 to {workdir / 'minilm.onnx'} ...", flush=True)
-        source = minilm.export_minilm(workdir / "minilm.onnx")
-        calib = minilm.calibration_inputs(minilm.DEFAULT_CALIB_SENTENCES)
-        print(f"calibration: {minilm.DEFAULT_CALIB_SENTENCES} WordNet glosses (real English text)", flush=True)
-    elif not args.model:
+            print(f"exporting the pretrained all-MiniLM-L6-v2 to {Path(workdir) / 'minilm.onnx'} ...", flush=True)
+            source = minilm.export_minilm(Path(workdir) / "minilm.onnx")
+            calib = minilm.calibration_inputs(minilm.DEFAULT_CALIB_SENTENCES)
+            print(f"calibration: {minilm.DEFAULT_CALIB_SENTENCES} WordNet glosses (real English text)", flush=True)
+            return _convert(args, source, calib)
+    if not args.model:
         raise ConvertError("no MODEL given (or use --example minilm)")
-    else:
-        source = Path(args.model)
+    return _convert(args, Path(args.model), None)
+
+
+def _convert(args, source: Path, calib) -> int:
     output = Path(args.output) if args.output else source.with_name(
         (source.name.removesuffix(".onnx")) + ".quweit.onnx")
-    if output.exists() and not args.force:
-        raise ConvertError(f"{output} exists; pass --force to overwrite it")
+    refuse_to_clobber([output, *([args.report] if args.report else [])], args.force)
     if output.resolve() == source.resolve():
         raise ConvertError(f"output {output} is the input; choose another -o")
-    if args.report and Path(args.report).exists() and not args.force:
-        raise ConvertError(f"{args.report} exists; pass --force to overwrite it")
     config = _config(args)
-    model = load_model(source)
+    model = load_model(source, upgrade=True)
     if args.calib:
-        from .calibrate import load_calibration
         from .detect import prepare
 
-        calib = load_calibration(args.calib, prepare(model))
+        calib = load_inputs(args.calib, prepare(model), f"--calib {args.calib}")
     converted, report = convert(
         model, calib=calib, layers=args.layers, config=config, budget_seconds=args.budget, seed=args.seed,
         progress=not args.quiet, fidelity_floor=args.fidelity_floor, sequential=not args.local,
@@ -118,8 +123,8 @@ def _convert(args) -> int:
     from .report import format_table
 
     report["output"] = str(output)
-    _write_outputs(converted, output, report, Path(args.report) if args.report else None,
-                   external_data=has_external_data(source) or None)
+    _write_outputs(converted, output, report, args.report, external_data=has_external_data(source) or None,
+                   force=args.force)
     print(format_table(report, explain=args.explain))
     print(f"wrote {output}")
     if args.report:
@@ -127,21 +132,21 @@ def _convert(args) -> int:
     return EXIT_OK
 
 
-def _write_outputs(model, output: Path, report: dict, report_path: Path | None, *, external_data) -> None:
-    """The model and the report appear together or not at all (Ctrl-C held back meanwhile; a failed write
-    removes what was prepared)."""
+def _write_outputs(model, output: Path, report: dict, report_path: str | None, *, external_data,
+                   force: bool) -> None:
+    """The model and the report appear together or not at all: Ctrl-C and SIGTERM are held back while
+    both are written, and a report that cannot be written takes the just-written model away again."""
+    if report_path is None:
+        save_model(model, output, external_data=external_data, force=force)
+        return
     with signals_deferred():
-        tmp = None
+        save_model(model, output, external_data=external_data, force=force)
         try:
-            if report_path is not None:
-                tmp = report_path.with_name(f".{report_path.name}.tmp{os.getpid()}")
-                tmp.write_text(json.dumps(report, indent=2, default=float))
-            save_model(model, output, external_data=external_data)
-            if tmp is not None:
-                os.replace(tmp, report_path)
-        finally:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
+            write_json(report_path, report, force=force)
+        except BaseException:
+            for written in (output, output.with_name(output.name + ".data")):
+                written.unlink(missing_ok=True)
+            raise
 
 
 if __name__ == "__main__":

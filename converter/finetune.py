@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import onnx
 import torch
 import torch.distributed as dist
+from quweit.onnxio import atomic_output, load_model, make_session
 
 from .errors import FinetuneError
 from .onnx_torch import OnnxGraphModule, write_back
@@ -100,14 +100,8 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    """Write `obj` to `path` whole or not at all (a failure or Ctrl-C leaves the previous file, no temp)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_output(path, force=True) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 #: What `_save_checkpoint` writes; `load_checkpoint` requires every key.
@@ -148,11 +142,7 @@ class Teacher:
     """The original model in onnxruntime (one thread per process: ranks share the cores)."""
 
     def __init__(self, model_path: str | Path, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session = make_session(load_model(model_path), kernel=None, threads=threads)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -286,10 +276,3 @@ def _save_checkpoint(path: Path, step, losses, seconds, graph, optimizer, genera
     _atomic_torch_save({"step": step, "losses": losses, "seconds": seconds, "model": graph.state_dict(),
                         "optimizer": optimizer.state_dict(), "generator": generator.bit_generator.state}, path)
 
-
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Read a model as it is (no checker, no opset upgrade: the student is trained as given)."""
-    try:
-        return onnx.load(str(path))
-    except Exception as err:  # protobuf and I/O errors alike: say which file
-        raise FinetuneError(f"{path}: cannot read as an ONNX model ({err})") from err

@@ -13,11 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import zipfile
 from pathlib import Path
 
-import numpy as np
-from quweit.command import run_command, signals_deferred
+from quweit.command import run_command
 
 from .errors import FinetuneError
 
@@ -58,9 +56,9 @@ def _positive(name: str, value: float | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
+    from quweit.onnxio import load_arrays, load_model, save_model
 
-    from .finetune import FinetuneOptions, Teacher, finetune, load_model
-    from .modelio import save_model
+    from .finetune import FinetuneOptions, Teacher, finetune
 
     for name in ("steps", "batch_size", "lr", "value_lr", "dense_lr", "candidates", "checkpoint_every", "budget_seconds"):
         _positive(name.replace("_", "-"), getattr(args, name))
@@ -75,11 +73,7 @@ def run(args: argparse.Namespace) -> int:
             raise FinetuneError(f"{path}: no such file")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
-    try:
-        with np.load(args.data, allow_pickle=False) as archive:
-            data = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise FinetuneError(f"{args.data}: cannot read as npz ({err})") from err
+    data = load_arrays(args.data, f"--data {args.data}")
     student = load_model(args.model)
     teacher = Teacher(args.teacher) if args.teacher else None
     options = FinetuneOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, value_lr=args.value_lr,
@@ -92,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
                                resume=args.resume, progress=not args.no_progress)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
-        with signals_deferred():
-            save_model(trained, output)
+        save_model(trained, output, force=args.force)
         first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
         print(f"trained {len(losses)} steps: loss {first:.4f} -> {last:.4f}; wrote {output} (checkpoint {checkpoint})")
     if dist.is_initialized():
