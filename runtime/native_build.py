@@ -34,13 +34,26 @@ COMMON_FLAGS = [
     "-std=c++17", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off", "-fno-fast-math",
     "-Wall", "-Wextra", "-Wno-psabi",
 ] + (["-march=x86-64", "-mtune=generic"] if X86_64 else [])
-OPTIMIZE = {None: ["-O3", "-DNDEBUG"], "address": ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]}
+OPTIMIZE = {
+    None: ["-O3", "-DNDEBUG"],
+    "address": ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"],
+    # undefined behaviour aborts (no recovery), so a fuzzer sees it as a crash
+    "address,undefined": ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                          "-fno-omit-frame-pointer"],
+}
 LINK = {
     # Static libstdc++: the library must not depend on the user's C++ runtime version; -z defs proves
     # that nothing (no onnxruntime symbol in particular) is left to resolve at load time.
     None: ["-shared", "-static-libstdc++", "-static-libgcc", "-Wl,-z,defs", "-Wl,-O1",
            f"-Wl,--version-script={SOURCE_DIR / 'exports.map'}"],
     "address": ["-shared", "-fsanitize=address"],
+    "address,undefined": ["-shared", "-fsanitize=address,undefined"],
+}
+#: Sanitizer options for a process that loads a sanitized build: stop at the first report (leak checking
+#: would report CPython's and onnxruntime's intentional process-lifetime allocations).
+SANITIZER_ENV = {
+    "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:halt_on_error=1:strict_string_checks=1",
+    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:abort_on_error=1",
 }
 HEADER = "onnxruntime_lite_custom_op.h"
 
@@ -97,6 +110,37 @@ def build_library(output: Path, *, sanitize: str | None = None, jobs: int | None
         finally:
             partial.unlink(missing_ok=True)
     return output
+
+
+def cached_library(sanitize: str | None, cache_dir: Path | None = None) -> Path:
+    """`build_library` once per content of the sources, headers, flags and compiler: later calls (other
+    tests, the fuzzer) reuse the file. Cache: $QUWEIT_BUILD_CACHE, else ~/.cache/quweit."""
+    if sanitize not in OPTIMIZE:
+        raise NativeBuildError(f"sanitize must be one of {sorted(k for k in OPTIMIZE if k)} or None, got {sanitize!r}")
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(SOURCE_DIR.iterdir()) + sorted(include_dir().iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    version = subprocess.run([*_compiler(), "--version"], capture_output=True, text=True).stdout
+    digest.update(repr((COMMON_FLAGS, OPTIMIZE[sanitize], LINK[sanitize], ISA_FLAGS, version)).encode())
+    folder = Path(cache_dir or os.environ.get("QUWEIT_BUILD_CACHE") or Path.home() / ".cache" / "quweit")
+    tag = (sanitize or "release").replace(",", "-")
+    library = folder / f"libquweit_ort.{tag}.{digest.hexdigest()[:16]}.so"
+    return library if library.is_file() else build_library(library, sanitize=sanitize)
+
+
+def sanitizer_preload() -> str:
+    """LD_PRELOAD for a Python process that loads a sanitized build: the ASan runtime must come first, and
+    libstdc++ with it (ASan's __cxa_throw interceptor needs it at start-up; Python does not link it)."""
+    found = []
+    for name in ("libasan.so", "libstdc++.so"):
+        path = subprocess.run([*_compiler(), f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+        if not os.path.isabs(path) or not os.path.isfile(path):
+            raise NativeBuildError(f"{name} not found (g++ -print-file-name gave {path!r}); install gcc's {name}")
+        found.append(path)
+    return " ".join(found)
 
 
 def main() -> None:

@@ -51,13 +51,13 @@ class _Recording:
         return self.blocks[-1]
 
 
-def _mean_token_cosine(model: onnx.ModelProto, other: onnx.ModelProto, feeds: list[dict]) -> float:
+def _mean_token_cosine(model: onnx.ModelProto, other: onnx.ModelProto, feeds: list) -> float:
     """Mean cosine of the two models' outputs token by token (onnxruntime, decomposition), in float64."""
     import onnxruntime as ort
 
     def run(m):
         session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        return np.concatenate([session.run(None, f)[0].reshape(-1, D) for f in feeds]).astype(np.float64)
+        return np.concatenate([session.run(None, f.feeds)[0][: f.rows].reshape(-1, D) for f in feeds]).astype(np.float64)
 
     a, b = run(model), run(other)
     return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
@@ -104,7 +104,7 @@ def test_local_fit_uses_the_original_activations_and_fills_the_sensitivity_table
         np.testing.assert_array_equal(x, original[mlp.input])
     # each 'alone' score: the model with only that MLP's block in place against the original, on the
     # held-out batches, recomputed here; the total: the model with both blocks
-    _, held_out = calibrate.split(calib, 16)
+    _, held_out = calibrate.split(prepared, calib, 16)
     for row, mlp, block in zip(report["mlps"], mlps, fit.blocks):
         only, _ = rewrite_mlps(prepared, {mlp.output: block})
         expected = _mean_token_cosine(prepared, only, held_out)
