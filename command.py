@@ -18,12 +18,13 @@ A traceback is printed only with `--debug`, which every command accepts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, InputError
 from .onnxio.signals import EXIT_TERMINATED, Terminated, sigterm_unwinds
@@ -53,6 +54,18 @@ def describe_os_error(err: OSError) -> str:
     paths = [p for p in (err.filename, err.filename2) if p is not None]
     where = " -> ".join(f"'{os.fsdecode(p)}'" for p in paths)
     return f"{where}: {reason}" if where else reason
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """An `InputError` raised inside names `path` (as a prefix) unless its message already does: errors
+    found deep in a stage (an MLP, a node) then still say which file they are about."""
+    try:
+        yield
+    except InputError as err:
+        if err.args and isinstance(err.args[0], str) and os.fspath(path) not in err.args[0]:
+            err.args = (f"{os.fspath(path)}: {err.args[0]}", *err.args[1:])
+        raise
 
 
 def add_debug_option(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from quweit.command import run_command
+from quweit.command import naming, run_command
 from quweit.custom_ops import BlockConfig
 from quweit.onnxio import (
     has_external_data,
@@ -110,16 +110,17 @@ def _convert(args, source: Path, calib) -> int:
     if output.resolve() == source.resolve():
         raise ConvertError(f"output {output} is the input; choose another -o")
     config = _config(args)
-    model = load_model(source, upgrade=True)
-    if args.calib:
-        from .detect import prepare
+    with naming(source):  # errors found deep inside (an MLP, a node) still name the file
+        model = load_model(source, upgrade=True)
+        if args.calib:
+            from .detect import prepare
 
-        calib = load_inputs(args.calib, prepare(model), f"--calib {args.calib}")
-    converted, report = convert(
-        model, calib=calib, layers=args.layers, config=config, budget_seconds=args.budget, seed=args.seed,
-        progress=not args.quiet, fidelity_floor=args.fidelity_floor, sequential=not args.local,
-        sensitivity=not args.no_sensitivity,
-    )
+            calib = load_inputs(args.calib, prepare(model), f"--calib {args.calib}")
+        converted, report = convert(
+            model, calib=calib, layers=args.layers, config=config, budget_seconds=args.budget, seed=args.seed,
+            progress=not args.quiet, fidelity_floor=args.fidelity_floor, sequential=not args.local,
+            sensitivity=not args.no_sensitivity,
+        )
     from .report import format_table
 
     report["output"] = str(output)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 from quweit.custom_ops import BlockConfig, WeightlessBlockParams, default_config
-from quweit.onnxio import capture, check_inputs
+from quweit.onnxio import ONNXRUNTIME_ERRORS, capture, check_inputs
 from tqdm.auto import tqdm
 
 from . import calibrate, costs
@@ -104,7 +104,10 @@ def convert(
     else:
         check_inputs(prepared, calib, "--calib")
     fit_feeds, held_out = calibrate.split(prepared, calib, CALIB_BATCH)
-    reference = calibrate.outputs(prepared, held_out)
+    try:  # the first run of the user's model: onnxruntime refusing it is bad input, not a bug
+        reference = calibrate.outputs(prepared, held_out)
+    except ONNXRUNTIME_ERRORS as err:
+        raise BadInputError(f"onnxruntime cannot run the model: {str(err).strip().splitlines()[0]}") from err
     mlps = detection.mlps
     need_local = sensitivity or selection == "auto" or not sequential
     # budget: an even share for every fit that may run (local fits, then sequential refits)
@@ -112,6 +115,10 @@ def convert(
     per_fit = None if budget_seconds is None else max(0.0, budget_seconds) / max(1, most_fits)
 
     def fit_one(mlp: MlpMatch, x: np.ndarray, y: np.ndarray, bar) -> WeightlessBlockParams:
+        for what, value in (("input", x), ("output", y)):
+            if not np.isfinite(value).all():
+                raise BadInputError(f"MLP {mlps.index(mlp)} ({mlp.output}): its {what} is NaN or infinite on the "
+                                    "calibration data (check the model's weights and the --calib inputs)")
         cfg = config or default_config(mlp.d_in, mlp.d_out)
         bar.set_postfix_str(f"MLP {mlps.index(mlp)} on {len(x)} tokens")
         params = fit(x, y, config=cfg, budget_seconds=per_fit, seed=seed, progress=False)

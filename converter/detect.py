@@ -16,6 +16,7 @@ from onnx_ir.passes.common import NameFixPass, RemoveUnusedOpsetsPass
 from quweit.custom_ops import WeightlessBlockParams, attach_decomposition
 from quweit.onnxio import upgrade_opset
 
+from .errors import BadInputError
 from .mlp import MlpMatch
 from .rules import activation_fusions, inline_activations, mlp_rules
 
@@ -30,10 +31,34 @@ def _to_ir(model: onnx.ModelProto) -> ir.Model:
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model the converter works on: opset >= 18, optimized (constants folded), nodes named."""
     model = upgrade_opset(model)
-    ir_model = _to_ir(model)
-    onnxscript.optimizer.optimize(ir_model)
+    try:
+        ir_model = _to_ir(model)
+        onnxscript.optimizer.optimize(ir_model)
+    except Exception as err:
+        raise _invalid_model_or(err, model) from err
     NameFixPass()(ir_model)
     return ir.serde.serialize_model(ir_model)
+
+
+def _invalid_model_or(err: Exception, model: onnx.ModelProto) -> BadInputError:
+    """Why onnxscript's optimizer could not take the user's model (nothing of quweit's has run yet): the
+    model's fault as onnx's full check (strict type and shape inference, which the loader leaves out
+    for its cost) names it, else the optimizer's own deepest reason - an attribute outside its
+    enumeration, such as a Cast to a data type that does not exist, which neither checker catches."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as invalid:  # noqa: BLE001  (any failure of the full check is the model's)
+        return BadInputError(f"invalid ONNX model: {_first_line(invalid)}")
+    cause = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    return BadInputError(f"onnxscript's optimizer cannot process the model: {type(cause).__name__}: "
+                         f"{_first_line(cause)}")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 @dataclasses.dataclass

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import torch
 import torch.distributed as dist
-from quweit.onnxio import atomic_output, load_model, make_session
+from quweit.onnxio import ONNXRUNTIME_ERRORS, atomic_output, load_model, make_session
 
 from .errors import FinetuneError
 from .onnx_torch import OnnxGraphModule, write_back
@@ -142,11 +142,24 @@ class Teacher:
     """The original model in onnxruntime (one thread per process: ranks share the cores)."""
 
     def __init__(self, model_path: str | Path, threads: int = 1) -> None:
-        self.session = make_session(load_model(model_path), kernel=None, threads=threads)
+        self.path = model_path
+        try:
+            self.session = make_session(load_model(model_path), kernel=None, threads=threads)
+        except ONNXRUNTIME_ERRORS as err:
+            raise FinetuneError(f"--teacher {model_path}: onnxruntime cannot load it: {_first_line(err)}") from err
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(None, feeds)
+        try:  # the user's model on the user's data: a refusal is bad input
+            return self.session.run(None, feeds)
+        except ONNXRUNTIME_ERRORS as err:
+            raise FinetuneError(f"--teacher {self.path}: onnxruntime cannot run it on the data: "
+                                f"{_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, variance: float,

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from quweit.command import run_command
+from quweit.command import naming, run_command
 
 from .errors import FinetuneError
 
@@ -82,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
                               dense_lr=args.dense_lr, schedule=args.schedule,
                               trim_padding=not args.no_trim_padding)
     checkpoint = args.checkpoint or output.with_name(output.name + ".ckpt")
-    trained, losses = finetune(student, data, teacher=teacher, options=options, checkpoint=checkpoint,
-                               resume=args.resume, progress=not args.no_progress)
+    with naming(args.model):
+        trained, losses = finetune(student, data, teacher=teacher, options=options, checkpoint=checkpoint,
+                                   resume=args.resume, progress=not args.no_progress)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
         save_model(trained, output, force=args.force)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from quweit.command import run_command
+from quweit.command import naming, run_command
 
 DESCRIPTION = (
     "Lower a converted model's quweit::WeightlessBlock nodes with TVM Relax BYOC to a C library and "
@@ -68,7 +68,8 @@ def _run(args) -> int:
         simulator=args.simulator, pipeline=args.pipeline, random_vectors=args.vectors,
         inputs=args.inputs, seed=args.seed, force=args.force, synth=args.synth,
     )
-    report, blocks = compile_model(opts)
+    with naming(args.model):
+        report, blocks = compile_model(opts)
     print(summary_table(report))
     print(f"wrote {args.output} ({report['seconds']} s)")
     if report["verified"] is False:

@@ -79,6 +79,7 @@ def _read_checked(path: Path, *, check: bool) -> onnx.ModelProto:
                             f"{_first_line(err)}") from err
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise BadInputError(f"{path}: not an ONNX model (no graph)")
+    check_strings(proto, str(path))
     external = check_tensors(proto, path)
     check_opsets(proto, str(path))
     if check:
@@ -220,6 +221,21 @@ def _tensors(proto: onnx.ModelProto) -> Iterator[tuple[str, TensorProto]]:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_strings(message, where: str = "model", field_path: str = "model") -> None:
+    """Every string field is valid UTF-8, as protobuf requires. ONNX's messages are proto2, whose parser
+    lets invalid text through (Python's protobuf then hands it over as bytes, which onnx-ir and others
+    fail on deep inside); tensor data are `bytes` fields and are not read."""
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING:
+            for text in (value if field.is_repeated else [value]):
+                if not isinstance(text, str):
+                    raise BadInputError(f"{where}: {field_path}.{field.name} is not valid UTF-8 text: {bytes(text)[:40]!r}")
+        elif field.type == field.TYPE_MESSAGE:
+            for index, child in enumerate(value if field.is_repeated else [value]):
+                label = getattr(child, "name", "")
+                check_strings(child, where, f"{field_path}.{field.name}[{label if isinstance(label, str) and label else index}]")
 
 
 def check_opsets(model: onnx.ModelProto, where: str = "model") -> None:
