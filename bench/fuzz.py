@@ -152,6 +152,8 @@ class Tally:
     accepted: int = 0
     rejected: int = 0
     no_mlp: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
     counts: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
 
 
@@ -161,6 +163,7 @@ class Fuzzer:
         self.lock = threading.Lock()
         self.tallies: dict[str, Tally] = {}
         self.families: dict[str, int] = {}
+        self.by_seed: dict[str, dict] = {}
         self.details: list[dict] = []
         from quweit.runtime.native_build import SANITIZER_ENV, sanitizer_preload
 
@@ -198,11 +201,13 @@ class Fuzzer:
             result = results[target]
             kind = target.removesuffix("_cli")
             record = {"case": index, "target": target, "seed": case.seed, "family": case.family,
-                      "mutation": case.mutation, "code": result.get("code"), "message": result.get("message", "")}
+                      "mutation": case.mutation, "code": result.get("code"), "message": result.get("message", ""),
+                      "seconds": result.get("seconds", 0.0), "cpu": result.get("cpu", 0.0)}
             record["findings"] = self._findings(kind, result, outs.get(target))
             records.append(record)
         changed = _snapshot(folder, only=inputs) != inputs
-        leftovers = _leftovers(folder, inputs, outs)
+        killed = {t for t, r in results.items() if r.get("hang") or r.get("crash")}
+        leftovers = _leftovers(folder, inputs, {k: v for k, v in outs.items() if k not in killed})
         if changed or leftovers:
             records.append({"case": index, "target": "files", "seed": case.seed, "family": case.family,
                             "mutation": case.mutation, "code": None, "message": "; ".join(leftovers)[:300],
@@ -239,6 +244,7 @@ class Fuzzer:
         script = Path(sys.executable).parent / f"quweit-{target}"
         command = [str(script)] if script.exists() else [sys.executable, "-m", {
             "convert": "quweit.converter.cli", "compile": "quweit.hwbackend.cli"}[target]]
+        started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
             done = subprocess.run(command + argv, capture_output=True, text=True, env=self.py_env,
                                   timeout=self.args.hang_seconds + CLI_STARTUP_SECONDS, check=False,
@@ -246,6 +252,7 @@ class Fuzzer:
         except subprocess.TimeoutExpired:
             return {"hang": True, "code": None, "message": "timed out"}
         result = {"code": done.returncode, "traceback": TRACEBACK in done.stderr,
+                  "seconds": round(time.perf_counter() - started, 3), "cpu": round(_cpu_since(before), 3),
                   "message": (done.stderr.strip().splitlines() or [""])[-1][:300]}
         if done.returncode < 0:
             result["crash"] = True
@@ -261,12 +268,25 @@ class Fuzzer:
                 tally.accepted += r["code"] == 0
                 tally.rejected += r["code"] == 2
                 tally.no_mlp += r["code"] == 3
+                tally.seconds += r.get("seconds", 0.0)
+                tally.cpu += r.get("cpu", 0.0)
                 for finding in r["findings"]:
                     tally.counts[finding] += 1
                 if r["findings"] and len(self.details) < MAX_DETAILS:
                     self.details.append(r)
             family = records[0]["family"] if records else "?"
             self.families[family] = self.families.get(family, 0) + 1
+            if records:
+                seed = self.by_seed.setdefault(records[0]["seed"], {"cases": 0, "cpu": 0.0})
+                seed["cases"] += 1
+                seed["cpu"] = round(seed["cpu"] + sum(r.get("cpu", 0.0) for r in records), 3)
+
+
+def _cpu_since(before) -> float:
+    """CPU seconds of the child processes reaped since `before` (other threads' children included: an
+    estimate, exact with --jobs 1)."""
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (now.ru_utime + now.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
 def _files(folder: Path) -> list[Path]:
@@ -300,7 +320,7 @@ def _snapshot(folder: Path, only: dict | None = None) -> dict[str, str]:
 def _leftovers(folder: Path, inputs: dict, outs: dict) -> list[str]:
     """Files that are neither inputs nor a finished command's outputs: temporary files, partial outputs."""
     found = []
-    out_dirs = {o.name for o in outs.values()}
+    out_dirs = {f"out_{t}" for t in ("convert", "compile", "convert_cli", "compile_cli")}
     for out in outs.values():  # a hidden name is a temporary file or folder of an atomic write
         for top, dirs, files in os.walk(out):
             found += [f"temporary {Path(top, n).relative_to(folder)}" for n in dirs + files if n.startswith(".")]
@@ -346,13 +366,15 @@ def drive(fuzzer: Fuzzer, indices: list[int], jobs: int, progress: bool) -> None
 
 
 def table(tallies: dict[str, Tally]) -> str:
-    header = ("target", "cases", "accepted", "rejected", "no MLP", *COUNTS)
+    header = ("target", "cases", "accepted", "rejected", "no MLP", "s/case", "cpu/case", *COUNTS)
     rows = []
     for target in ("convert", "compile", "convert_cli", "compile_cli", "runtime", "files"):
         if target in tallies:
             t = tallies[target]
             name = TARGET_NAMES.get(target.removesuffix("_cli"), target) + (" (CLI)" if target.endswith("_cli") else "")
-            rows.append((name, t.cases, t.accepted, t.rejected, t.no_mlp, *(t.counts[c] for c in COUNTS)))
+            rows.append((name, t.cases, t.accepted, t.rejected, t.no_mlp, f"{t.seconds / max(1, t.cases):.2f}",
+                         f"{t.cpu / max(1, t.cases):.2f}",
+                         *(t.counts[c] for c in COUNTS)))
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(row, widths)))
              for row in [header, *rows]]
@@ -414,7 +436,7 @@ def main(argv=None) -> dict:
     results.update({
         "cases": len(indices), **totals,
         "targets": {k: {**dataclasses.asdict(t), **t.counts} for k, t in fuzzer.tallies.items()},
-        "families": fuzzer.families, "seeds": [s.name for s in seeds], "details": fuzzer.details,
+        "families": fuzzer.families, "seeds": fuzzer.by_seed, "details": fuzzer.details,
         "wall_seconds": round(time.monotonic() - started, 1), "setup_seconds": round(setup, 1),
         "cpu_seconds": round(cpu, 1), "seconds_per_case": round((time.monotonic() - started - setup) / len(indices), 3),
         "jobs": args.jobs, "cli_every": args.cli_every, "verify_every": args.verify_every,

@@ -113,9 +113,7 @@ def _convert(args, source: Path, calib) -> int:
     with naming(source):  # errors found deep inside (an MLP, a node) still name the file
         model = load_model(source, upgrade=True)
         if args.calib:
-            from .detect import prepare
-
-            calib = load_inputs(args.calib, prepare(model), f"--calib {args.calib}")
+            calib = load_inputs(args.calib, model, f"--calib {args.calib}")
         converted, report = convert(
             model, calib=calib, layers=args.layers, config=config, budget_seconds=args.budget, seed=args.seed,
             progress=not args.quiet, fidelity_floor=args.fidelity_floor, sequential=not args.local,
