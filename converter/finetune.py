@@ -100,8 +100,32 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    with atomic_output(path, force=True) as tmp:
-        torch.save(obj, tmp)
+    with atomic_output(path, force=True) as tmp, open(tmp, "wb") as handle:
+        writer = _RecordingWriter(handle)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:  # a full disk: torch reports it as its own RuntimeError
+                raise writer.error from None
+            raise
+
+
+class _RecordingWriter:
+    """A file for torch.save that keeps the OSError of a failed write (torch turns it into a RuntimeError
+    about stream positions, which would hide a full disk behind an internal error)."""
+
+    def __init__(self, handle) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 #: What `_save_checkpoint` writes; `load_checkpoint` requires every key.

@@ -22,6 +22,14 @@ from .rtl_files import write_rtl
 
 CODEGEN_NAME = "quweit"
 MANIFEST = "blocks.json"
+#: The exception the codegen last raised: TVM's FFI hands it to the caller as a RuntimeError with the
+#: type lost, so the caller takes the original from here (`raised_in_codegen`).
+_RAISED: list[BaseException] = []
+
+
+def raised_in_codegen() -> BaseException | None:
+    """The exception behind a failed RunCodegen, if the codegen raised it (taken: asked once)."""
+    return _RAISED.pop() if _RAISED else None
 
 
 def fingerprint(params: WeightlessBlockParams) -> str:
@@ -65,6 +73,15 @@ def _option(options, key: str, default=None):
 @tvm_ffi.register_global_func("relax.ext." + CODEGEN_NAME)
 def quweit_codegen(functions, options, constant_names):
     """TVM's entry point: one runtime module per offloaded function (inputs first, then the output)."""
+    _RAISED.clear()
+    try:
+        return _codegen(functions, options, constant_names)
+    except BaseException as err:
+        _RAISED.append(err)
+        raise
+
+
+def _codegen(functions, options, constant_names):
     import tvm
 
     del constant_names  # the block's constants are compiled into the C source

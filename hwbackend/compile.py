@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from quweit.custom_ops import WeightlessBlockError, WeightlessBlockParams, quantize_inputs, read_blocks
-from quweit.onnxio import atomic_output, load_model
+from quweit.onnxio import atomic_output, load_model, signals_deferred
 from tqdm import tqdm
 
 from .errors import HwBackendError
@@ -146,21 +146,32 @@ def import_model(model: onnx.ModelProto, blocks: list[WeightlessBlockParams]):
 
 
 def build_tvm(model: onnx.ModelProto, blocks, workdir: Path, opts: CompileOptions) -> tuple[list[dict], dict]:
-    """Import, partition, run the codegen (C and, when asked, Verilog) and export the TVM library."""
+    """Import, partition, run the codegen (C and, when asked, Verilog) and export the TVM library.
+
+    TVM calls back into Python (the frontend's TE, the codegen) and its FFI turns an exception raised
+    there into a RuntimeError: Ctrl-C and SIGTERM are therefore held back until TVM returns (they then
+    unwind as usual), and an exception of the codegen (a full disk) is re-raised as itself."""
     import tvm
     from tvm import relax
 
-    from .codegen import MANIFEST
+    from .codegen import MANIFEST, raised_in_codegen
     from .patterns import partition_for_quweit
 
-    mod, scope, reason = import_model(model, blocks)
-    mod = partition_for_quweit(mod)
-    options = {"pipeline": opts.pipeline}
-    if opts.target in ("verilog", "all"):
-        options["verilog_dir"] = str(workdir / VERILOG_DIR)
-    mod = relax.transform.RunCodegen({"quweit": options})(mod)
-    if opts.target in ("c", "all"):
-        tvm.compile(mod, target="llvm").export_library(str(workdir / LIBRARY))
+    with signals_deferred():
+        mod, scope, reason = import_model(model, blocks)
+        mod = partition_for_quweit(mod)
+        options = {"pipeline": opts.pipeline}
+        if opts.target in ("verilog", "all"):
+            options["verilog_dir"] = str(workdir / VERILOG_DIR)
+        try:
+            mod = relax.transform.RunCodegen({"quweit": options})(mod)
+        except Exception:
+            original = raised_in_codegen()
+            if original is not None:
+                raise original from None
+            raise
+        if opts.target in ("c", "all"):
+            tvm.compile(mod, target="llvm").export_library(str(workdir / LIBRARY))
     manifest = workdir / VERILOG_DIR / MANIFEST
     entries = json.loads(manifest.read_text())["blocks"] if manifest.exists() else []
     return entries, {"scope": scope, "import_failure": reason}
