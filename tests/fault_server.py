@@ -73,8 +73,10 @@ def serve(command: str) -> None:
     main = importlib.import_module(COMMANDS[command]).main
     for module in PRELOAD[command]:  # what the command imports on first use, paid once here
         importlib.import_module(module)
-    if command == "finetune":  # torch's first steps are slow (lazy initialisation): take them here, on one
-        import torch           # thread, so that no thread pool exists when the server forks
+    if command == "finetune":
+        # torch's first steps are slow (lazy initialisation): take them here, on one thread, so that no
+        # thread pool exists when the server forks
+        import torch
 
         torch.set_num_threads(1)
         x = torch.randn(8, 4, requires_grad=True)
