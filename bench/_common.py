@@ -40,6 +40,17 @@ def record_timings(results: dict, timings: dict, baseline: str, candidate: str, 
     results[f"{ratio}_of_min_{key}"] = timings[f"{baseline}_min"] / timings[f"{candidate}_min"]
 
 
+def git_commit() -> str:
+    """The repository's HEAD (with "+changes" when the work tree differs from it)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                           text=True, check=False)
+    return (head.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
+
+
 def refuse_to_clobber(path: str, force: bool) -> None:
     """Checked before a long run (and again by the writer at the end)."""
     try:
@@ -49,8 +60,10 @@ def refuse_to_clobber(path: str, force: bool) -> None:
 
 
 def finish(results: dict, json_path: str | None, force: bool) -> None:
-    """Record and print the machine load at the end (noise is part of the result), then save."""
+    """Record and print the machine load at the end (noise is part of the result) and the code's commit,
+    then save."""
     results["load_average_end"] = os.getloadavg()[0]
+    results.setdefault("git_commit", git_commit())
     print(f"load average (1 min) {results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} "
           f"at end on {os.cpu_count()} cores")
     if json_path:

@@ -441,15 +441,10 @@ def main(argv=None) -> dict:
         "cpu_seconds": round(cpu, 1), "seconds_per_case": round((time.monotonic() - started - setup) / len(indices), 3),
         "jobs": args.jobs, "cli_every": args.cli_every, "verify_every": args.verify_every,
         "hang_seconds": args.hang_seconds, "corpus_small": args.small,
-        "git_commit": _git_commit(), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     })
     finish(results, args.json, args.force)
     return results
-
-
-def _git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
-    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":
