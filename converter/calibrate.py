@@ -76,13 +76,13 @@ def check_calibration(model: onnx.ModelProto, calib: dict[str, np.ndarray], wher
         raise BadInputError(f"{where}: no samples")
 
 
-def load_calibration(path: str, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def load_calibration(path: str, model: onnx.ModelProto, flag: str = "--calib") -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             calib = {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError) as err:
-        raise BadInputError(f"--calib {path}: not a readable .npz file: {err}") from err
-    check_calibration(model, calib, f"--calib {path}")
+        raise BadInputError(f"{flag} {path}: not a readable .npz file: {err}") from err
+    check_calibration(model, calib, f"{flag} {path}")
     return calib
 
 

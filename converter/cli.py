@@ -7,15 +7,17 @@ modified and the output appears only when complete.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 from quweit.custom_ops import BlockConfig
 
 from .convert import DEFAULT_FIDELITY_FLOOR, convert
+from .distill import Recipe
 from .errors import EXIT_OK, ConvertError, NoMlpError
 from .modelio import has_external_data, load_model, save_model
 
@@ -39,7 +41,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--example", choices=["minilm"], help="convert an embedded example: the pretrained "
-                   "all-MiniLM-L6-v2 exported to ONNX, calibrated on real English text shipped with quweit")
+                   "all-MiniLM-L6-v2, exported to ONNX in the current folder, calibrated and distilled on real "
+                   f"English text shipped with quweit (recipe defaults: --bypass-rank {EXAMPLE_RECIPE.bypass_rank} "
+                   f"--reconstruct-steps {EXAMPLE_RECIPE.reconstruct_steps} --distill {EXAMPLE_RECIPE.distill_steps})")
+    r = p.add_argument_group("recipe (any of these turns it on; see converter/distill.py)")
+    r.add_argument("--bypass-rank", type=int, metavar="R", help="a rank-R linear bypass (two MatMuls, "
+                   "2*D*R multiplications per token) beside each block (0: none)")
+    r.add_argument("--reconstruct-steps", type=int, metavar="N", help="gradient steps per block on its "
+                   "captured inputs and outputs, with the earlier blocks converted")
+    r.add_argument("--distill", type=int, metavar="STEPS", help="end-to-end distillation steps against the "
+                   "original model after conversion (on --data, else the calibration samples)")
+    r.add_argument("--data", help="distillation inputs: .npz like --calib (default: the calibration samples)")
+    r.add_argument("--no-train-dense", action="store_true", help="distillation trains only blocks and bypasses, "
+                   "not the weights around them")
     g = p.add_argument_group("block structure (defaults work for hidden sizes 64..4096)")
     g.add_argument("--lut-inputs", type=int, help="n, inputs of each LUT (default 6)")
     g.add_argument("--thresholds", type=int, help="thermometer bits per input feature (default 8)")
@@ -62,6 +76,30 @@ def _config(args) -> BlockConfig | None:
     return BlockConfig(**given) if given else None
 
 
+#: The embedded example's recipe: what fits in 10 minutes on 2 cores (examples/results/minilm_ablation.json).
+EXAMPLE_RECIPE = Recipe(bypass_rank=32, reconstruct_steps=300, distill_steps=600)
+#: Glosses for the example's calibration (the last quarter is held out for the fidelity measure) and
+#: distillation (the shipped sample's next ones; its last 256 stay unused, the examples' held-out set).
+EXAMPLE_CALIB, EXAMPLE_DISTILL = 512, 8000
+
+
+def _recipe(args) -> Recipe | None:
+    flags = {"bypass_rank": ("--bypass-rank", args.bypass_rank),
+             "reconstruct_steps": ("--reconstruct-steps", args.reconstruct_steps),
+             "distill_steps": ("--distill", args.distill)}
+    given = {name: value for name, (_, value) in flags.items() if value is not None}
+    for name, value in given.items():
+        if value < 0:
+            raise ConvertError(f"{flags[name][0]} {value}: must be >= 0")
+    if args.no_train_dense:
+        given["train_dense"] = False
+    if args.example:
+        return dataclasses.replace(EXAMPLE_RECIPE, **given)
+    if not given and not args.data:
+        return None
+    return dataclasses.replace(Recipe(reconstruct_steps=0), **given)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -79,17 +117,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    calib = None
+    calib = data = None
+    recipe = _recipe(args)
     if args.example:
         if args.model:
             raise ConvertError("give either MODEL or --example, not both")
         from . import minilm
 
-        workdir = Path(tempfile.mkdtemp(prefix="quweit-minilm-"))
-        print(f"exporting the pretrained all-MiniLM-L6-v2 to {workdir / 'minilm.onnx'} ...", flush=True)
-        source = minilm.export_minilm(workdir / "minilm.onnx")
-        calib = minilm.calibration_inputs(minilm.DEFAULT_CALIB_SENTENCES)
-        print(f"calibration: {minilm.DEFAULT_CALIB_SENTENCES} WordNet glosses (real English text)", flush=True)
+        source = Path(args.output).with_name("minilm.onnx") if args.output else Path("minilm.onnx")
+        if source.exists() and not args.force:
+            raise ConvertError(f"{source} exists (the example exports the original model there); "
+                               "pass --force to overwrite it")
+        print(f"exporting the pretrained all-MiniLM-L6-v2 to {source} ...", flush=True)
+        minilm.export_minilm(source)
+        calib = minilm.calibration_inputs(EXAMPLE_CALIB)
+        print(f"calibration: {EXAMPLE_CALIB} WordNet glosses (real English text; the last quarter held out)",
+              flush=True)
+        if recipe.distill_steps and not args.data:
+            data = minilm.calibration_inputs(EXAMPLE_DISTILL, offset=EXAMPLE_CALIB)
+            print(f"distillation: {recipe.distill_steps} steps of {recipe.distill_batch} glosses, drawn from "
+                  f"{EXAMPLE_DISTILL} others", flush=True)
     elif not args.model:
         raise ConvertError("no MODEL given (or use --example minilm)")
     else:
@@ -109,10 +156,15 @@ def _run(args) -> int:
         from .detect import prepare
 
         calib = load_calibration(args.calib, prepare(model))
+    if args.data:
+        from .calibrate import load_calibration
+        from .detect import prepare
+
+        data = load_calibration(args.data, prepare(model), flag="--data")
     converted, report = convert(
         model, calib=calib, layers=args.layers, config=config, budget_seconds=args.budget, seed=args.seed,
         progress=not args.quiet, fidelity_floor=args.fidelity_floor, sequential=not args.local,
-        sensitivity=not args.no_sensitivity,
+        sensitivity=not args.no_sensitivity, recipe=recipe, distill_data=data,
     )
     from .report import format_table
 
@@ -123,6 +175,10 @@ def _run(args) -> int:
     if args.report:
         _write_json(report, Path(args.report))
         print(f"wrote {args.report}")
+    if args.example:
+        print(f"the converted model is {output.resolve()} (the original: {source.resolve()}); run it:\n"
+              f"  python -m quweit.converter.minilm {shlex.quote(str(output))} \"a sentence to embed\" "
+              "\"another sentence\"")
     return EXIT_OK
 
 

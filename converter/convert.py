@@ -17,7 +17,9 @@ from quweit.custom_ops import BlockConfig, WeightlessBlockParams, default_config
 from tqdm.auto import tqdm
 
 from . import calibrate, costs
+from .bypass import Replacement, as_replacement
 from .detect import Detection, find_mlps, prepare, rewrite_mlps
+from .distill import Recipe, distill, fit_sequential
 from .errors import BadInputError, NoMlpError
 from .mlp import MlpMatch
 
@@ -85,8 +87,16 @@ def convert(
     sequential: bool = True,
     sensitivity: bool = True,
     fit: Callable | None = None,
+    recipe: Recipe | None = None,
+    distill_data: dict[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
-    """The converted model (blocks + their decomposition) and the report (see `build_report`)."""
+    """The converted model (blocks + their decomposition) and the report (see `build_report`).
+
+    With a `recipe` (`distill.Recipe`), the chosen MLPs are replaced sequentially by block + low-rank
+    bypass, each reconstructed by gradient, and then `recipe.distill_steps` end-to-end steps train the
+    converted model against the original on `distill_data` (default: the calibration samples that are
+    not held out for the fidelity measure).
+    """
     from .fitting import fit_block
 
     fit = fit or fit_block
@@ -135,11 +145,19 @@ def convert(
             chosen_mlps = _auto_select(prepared, mlps, local, scores, reference, held_out, fidelity_floor)
         else:
             chosen_mlps = [mlps[i] for i in selection]
-        chosen: dict[str, WeightlessBlockParams] = {}
+        chosen: dict[str, WeightlessBlockParams | Replacement] = {}
+        if recipe is not None:
+            bar.total += len(chosen_mlps)
+            bar.refresh()
+            bar.set_postfix_str("sequential reconstruction")
+            chosen = fit_sequential(prepared, chosen_mlps, fit_feeds,
+                                    lambda m: config or default_config(m.d_in, m.d_out), recipe, seed=seed,
+                                    on_done=lambda m: bar.update(1))
         refits = [m for i, m in enumerate(chosen_mlps) if sequential and (i > 0 or m.output not in local)]
-        bar.total += len(refits)
-        bar.refresh()
-        for mlp in chosen_mlps:  # graph order
+        if recipe is None:
+            bar.total += len(refits)
+            bar.refresh()
+        for mlp in chosen_mlps if recipe is None else []:  # graph order
             if mlp in refits:
                 current, _ = rewrite_mlps(prepared, chosen)
                 pairs = calibrate.capture(current, fit_feeds, [mlp.input, mlp.output])
@@ -148,6 +166,14 @@ def convert(
                 chosen[mlp.output] = local[mlp.output]
 
     converted = _rewrite_all(prepared, chosen)
+    distilled = None
+    if recipe is not None and recipe.distill_steps and chosen:
+        data = distill_data if distill_data is not None else _stack(fit_feeds)
+        tick = time.monotonic()
+        converted, losses = distill(converted, prepared, data, recipe, seed=seed, progress=progress)
+        distilled = {"steps": len(losses), "seconds": round(time.monotonic() - tick, 1),
+                     "samples": int(next(iter(data.values())).shape[0]),
+                     "loss_first_last": [losses[0], losses[-1]] if losses else None}
     final = calibrate.fidelity(reference, calibrate.outputs(converted, held_out)) if chosen else 1.0
     reasons = {m.output: ("below the fidelity floor" if selection == "auto" else "not selected")
                for m in mlps if m.output not in chosen}
@@ -160,9 +186,16 @@ def convert(
         "calibration": "synthetic (random inputs from the graph's input types)" if synthetic else "given",
         "calibration_samples": int(next(iter(calib.values())).shape[0]),
         "sequential": sequential,
+        "recipe": recipe.summary() if recipe is not None else None,
+        "distillation": distilled,
         "seconds": round(time.monotonic() - started, 1),
     })
     return converted, report
+
+
+def _stack(batches: list[calibrate.Batch]) -> dict[str, np.ndarray]:
+    """Calibration batches (slices of the same arrays) back into one array per input."""
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
 
 
 def _rewrite_all(prepared: onnx.ModelProto, chosen: dict[str, WeightlessBlockParams]) -> onnx.ModelProto:
@@ -196,7 +229,8 @@ def build_report(prepared, converted, detection: Detection, chosen: dict, reason
     return {
         "mlps_found": len(detection.mlps),
         "mlps_replaced": len(chosen),
-        **costs.totals(prepared, converted, list(chosen.values())),
+        **costs.totals(prepared, converted, [as_replacement(v).block for v in chosen.values()]),
+        "bypass_macs": sum(r.bypass.macs for r in map(as_replacement, chosen.values()) if r.bypass is not None),
         "mlps": rows,
         "not_matched": [{"node": w, "reason": r} for w, r in detection.rejected],
     }

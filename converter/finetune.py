@@ -39,6 +39,7 @@ class FinetuneOptions:
     mask_input: str | None = "attention_mask"  # distil only real tokens when this input is present
     train_dense: bool = False  # also train the float initializers around the blocks (attention, norms, ...)
     dense_lr: float = 1e-4
+    bypass_lr: float = 1e-3  # low-rank linear bypasses beside the blocks (converter.bypass), always trained
     table_magnitude: float = 0.25  # |entry| of fitted tables: small enough that EFD can flip them
     budget_seconds: float | None = None
     trim_padding: bool = True  # drop sequence positions that are padding in every row of the batch
@@ -107,12 +108,13 @@ def _atomic_torch_save(obj, path: Path) -> None:
 class Teacher:
     """The original model in onnxruntime (one thread per process: ranks share the cores)."""
 
-    def __init__(self, model_path: str | Path, threads: int = 1) -> None:
+    def __init__(self, model: str | Path | onnx.ModelProto, threads: int = 1) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -175,8 +177,11 @@ def finetune(
     values = [p for b in blocks.values() for p in (b.encoded_values, b.bias)]
     model = torch.nn.parallel.DistributedDataParallel(graph, forward_sync_buffers=False) if world > 1 else graph
     groups = [{"params": tables, "lr": options.lr}, {"params": values, "lr": options.value_lr}]
-    if len(graph.dense):
-        groups.append({"params": list(graph.dense.values()), "lr": options.dense_lr})
+    bypass = [graph.dense[k] for k in graph.bypass_keys]
+    dense = [p for k, p in graph.dense.items() if k not in graph.bypass_keys]
+    for params, lr in ((bypass, options.bypass_lr), (dense, options.dense_lr)):
+        if params:
+            groups.append({"params": params, "lr": lr})
     optimizer = torch.optim.Adam(groups)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a checkpoint's (scheduled) ones
     generator = np.random.default_rng(options.seed)

@@ -102,3 +102,30 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a / np.linalg.norm(a, axis=-1, keepdims=True)
     b = b / np.linalg.norm(b, axis=-1, keepdims=True)
     return float(np.mean((a * b).sum(-1)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m quweit.converter.minilm MODEL.onnx SENTENCE...`: sentence embeddings and their cosines."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m quweit.converter.minilm", description=main.__doc__)
+    parser.add_argument("model", help="a MiniLM ONNX model (original or converted)")
+    parser.add_argument("sentences", nargs="+")
+    args = parser.parse_args(argv)
+    if not Path(args.model).is_file():
+        parser.exit(2, f"{args.model}: no such file\n")
+    from quweit.runtime import make_session
+
+    inputs = tokenize(args.sentences)
+    vectors = embed(make_session(args.model), inputs["attention_mask"], inputs)
+    unit = vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+    for text, vector in zip(args.sentences, vectors):
+        print(f"{text!r}: {vector.shape[0]}-dim embedding, first values {np.round(vector[:4], 4).tolist()}")
+    for i in range(len(args.sentences)):
+        for j in range(i + 1, len(args.sentences)):
+            print(f"cosine({i}, {j}) = {float(unit[i] @ unit[j]):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
