@@ -157,3 +157,14 @@ def test_cli_distill_flags_and_bad_values(tmp_path, capsys):
                          str(tmp_path / "bad.npz"), "-o", str(tmp_path / "o.onnx")]) == 2
     assert "--data" in capsys.readouterr().err
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_cli_recipe_defaults_and_overrides():
+    from quweit.converter.cli import EXAMPLE_RECIPE, _parser, _recipe
+
+    assert _recipe(_parser().parse_args(["m.onnx"])) is None
+    assert _recipe(_parser().parse_args(["--example", "minilm"])) == EXAMPLE_RECIPE
+    tuned = _recipe(_parser().parse_args(["--example", "minilm", "--distill", "7", "--no-train-dense"]))
+    assert tuned.distill_steps == 7 and not tuned.train_dense and tuned.bypass_rank == EXAMPLE_RECIPE.bypass_rank
+    plain = _recipe(_parser().parse_args(["m.onnx", "--bypass-rank", "16"]))
+    assert plain.bypass_rank == 16 and plain.reconstruct_steps == 0 and plain.distill_steps == 0
