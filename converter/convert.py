@@ -146,24 +146,24 @@ def convert(
         else:
             chosen_mlps = [mlps[i] for i in selection]
         chosen: dict[str, WeightlessBlockParams | Replacement] = {}
-        if recipe is not None:
+        if recipe is not None:  # always sequential
             bar.total += len(chosen_mlps)
             bar.refresh()
             bar.set_postfix_str("sequential reconstruction")
             chosen = fit_sequential(prepared, chosen_mlps, fit_feeds,
                                     lambda m: config or default_config(m.d_in, m.d_out), recipe, seed=seed,
                                     on_done=lambda m: bar.update(1))
-        refits = [m for i, m in enumerate(chosen_mlps) if sequential and (i > 0 or m.output not in local)]
-        if recipe is None:
+        else:
+            refits = [m for i, m in enumerate(chosen_mlps) if sequential and (i > 0 or m.output not in local)]
             bar.total += len(refits)
             bar.refresh()
-        for mlp in chosen_mlps if recipe is None else []:  # graph order
-            if mlp in refits:
-                current, _ = rewrite_mlps(prepared, chosen)
-                pairs = calibrate.capture(current, fit_feeds, [mlp.input, mlp.output])
-                chosen[mlp.output] = fit_one(mlp, pairs[mlp.input], pairs[mlp.output], bar)
-            else:
-                chosen[mlp.output] = local[mlp.output]
+            for mlp in chosen_mlps:  # graph order
+                if mlp in refits:
+                    current, _ = rewrite_mlps(prepared, chosen)
+                    pairs = calibrate.capture(current, fit_feeds, [mlp.input, mlp.output])
+                    chosen[mlp.output] = fit_one(mlp, pairs[mlp.input], pairs[mlp.output], bar)
+                else:
+                    chosen[mlp.output] = local[mlp.output]
 
     converted = _rewrite_all(prepared, chosen)
     distilled = None
