@@ -77,7 +77,7 @@ def _config(args) -> BlockConfig | None:
 
 
 #: The embedded example's recipe: what fits in 10 minutes on 2 cores (examples/results/minilm_ablation.json).
-EXAMPLE_RECIPE = Recipe(bypass_rank=32, reconstruct_steps=300, distill_steps=600)
+EXAMPLE_RECIPE = Recipe(bypass_rank=32, reconstruct_steps=100, distill_steps=500)
 #: Glosses for the example's calibration (the last quarter is held out for the fidelity measure) and
 #: distillation (the shipped sample's next ones; its last 256 stay unused, the examples' held-out set).
 EXAMPLE_CALIB, EXAMPLE_DISTILL = 512, 8000

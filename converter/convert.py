@@ -8,6 +8,7 @@ only that MLP converted) and the order in which `layers="auto"` converts MLPs un
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -172,6 +173,7 @@ def convert(
         tick = time.monotonic()
         converted, losses = distill(converted, prepared, data, recipe, seed=seed, progress=progress)
         distilled = {"steps": len(losses), "seconds": round(time.monotonic() - tick, 1),
+                     "load_average": [round(v, 2) for v in os.getloadavg()],
                      "samples": int(next(iter(data.values())).shape[0]),
                      "loss_first_last": [losses[0], losses[-1]] if losses else None}
     final = calibrate.fidelity(reference, calibrate.outputs(converted, held_out)) if chosen else 1.0
