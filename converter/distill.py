@@ -39,6 +39,7 @@ class Recipe:
     bypass_lr: float = 1e-3
     dense_lr: float = 5e-4
     schedule: str = "cosine"
+    warmup_share: float = 0.05  # of the end-to-end steps, linear learning-rate warm-up
 
     def summary(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -91,5 +92,5 @@ def distill(
     options = FinetuneOptions(
         steps=recipe.distill_steps, batch_size=recipe.distill_batch, lr=recipe.lr, value_lr=recipe.value_lr,
         bypass_lr=recipe.bypass_lr, train_dense=recipe.train_dense, dense_lr=recipe.dense_lr,
-        schedule=recipe.schedule, seed=seed)
+        schedule=recipe.schedule, warmup_steps=round(recipe.warmup_share * recipe.distill_steps), seed=seed)
     return finetune(converted, data, teacher=Teacher(original), options=options, progress=progress)

@@ -44,6 +44,8 @@ class FinetuneOptions:
     budget_seconds: float | None = None
     trim_padding: bool = True  # drop sequence positions that are padding in every row of the batch
     schedule: str = "constant"  # or "cosine": every learning rate decays to 0 over the steps or the budget
+    warmup_steps: int = 0  # every learning rate rises linearly from 0 over the first steps (Adam's first
+    # updates are about lr in size whatever the gradient: without warm-up they jolt all pretrained weights)
 
 
 def check_data(data: Mapping[str, np.ndarray], model: onnx.ModelProto, *, source: str = "data") -> int:
@@ -209,7 +211,8 @@ def finetune(
                 break
             progress_made = max(progress_made, elapsed / options.budget_seconds)
         for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * schedule_factor(options.schedule, progress_made)
+            warm = min(1.0, (step + 1) / options.warmup_steps) if options.warmup_steps else 1.0
+            group["lr"] = base * warm * schedule_factor(options.schedule, progress_made)
         batch = generator.choice(rows, size=options.batch_size, replace=rows < options.batch_size)
         mine = batch[rank * local:(rank + 1) * local]
         feeds = {n: np.ascontiguousarray(data[n][mine]) for n in names}

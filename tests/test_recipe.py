@@ -168,3 +168,23 @@ def test_cli_recipe_defaults_and_overrides():
     assert tuned.distill_steps == 7 and not tuned.train_dense and tuned.bypass_rank == EXAMPLE_RECIPE.bypass_rank
     plain = _recipe(_parser().parse_args(["m.onnx", "--bypass-rank", "16"]))
     assert plain.bypass_rank == 16 and plain.reconstruct_steps == 0 and plain.distill_steps == 0
+
+
+def test_warmup_raises_every_rate_linearly(monkeypatch):
+    import torch
+    from quweit.converter.finetune import FinetuneOptions, Teacher, finetune
+
+    model = _model()
+    converted, _ = convert(model, calib=_calib(16), sensitivity=False, progress=False,
+                           recipe=Recipe(bypass_rank=2, reconstruct_steps=0))
+    seen = []
+    step = torch.optim.Adam.step
+
+    def record(self, *args, **kwargs):
+        seen.append([group["lr"] for group in self.param_groups])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", record)
+    options = FinetuneOptions(steps=4, batch_size=4, lr=0.04, value_lr=0.02, bypass_lr=0.01, warmup_steps=2)
+    finetune(converted, _calib(16), teacher=Teacher(prepare(model)), options=options, progress=False)
+    assert seen == [[0.02, 0.01, 0.005], [0.04, 0.02, 0.01], [0.04, 0.02, 0.01], [0.04, 0.02, 0.01]]
