@@ -29,7 +29,7 @@ class Recipe:
     """How MLPs are replaced and trained (defaults: the measured recipe, examples/results/minilm_ablation.json)."""
 
     bypass_rank: int = 32  # 0: no bypass
-    reconstruct_steps: int = 300  # per block, gradient steps on captured pairs
+    reconstruct_steps: int = 100  # per block, gradient steps on captured pairs
     reconstruct_batch: int = 1024  # tokens per reconstruction step
     distill_steps: int = 0  # end-to-end steps against the original model
     distill_batch: int = 16  # samples per end-to-end step
