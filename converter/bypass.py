@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
 from quweit.custom_ops import WeightlessBlockParams
 
 #: Initializer name suffixes of a bypass, after the MLP's `<output>.quweit.` prefix.
@@ -36,7 +35,7 @@ class LowRankBypass:
     bias: np.ndarray
 
     def __post_init__(self) -> None:
-        d_in, r = self.down.shape
+        r = self.down.shape[1]
         if self.up.shape[0] != r or self.bias.shape != (self.up.shape[1],):
             raise ValueError(f"bypass shapes do not chain: down {list(self.down.shape)}, up {list(self.up.shape)}, "
                              f"bias {list(self.bias.shape)}")

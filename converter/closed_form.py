@@ -15,7 +15,6 @@ refines them.
 from __future__ import annotations
 
 import numpy as np
-
 from quweit.custom_ops.config import BlockConfig
 from quweit.custom_ops.params import WeightlessBlockParams, pack_tables
 from quweit.custom_ops.reference import lut_addresses, quantize, thermometer_bits

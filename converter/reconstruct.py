@@ -18,7 +18,6 @@ import dataclasses
 
 import numpy as np
 import onnx
-from quweit.custom_ops import WeightlessBlockParams
 from quweit.custom_ops.config import BlockConfig
 
 from .bypass import LowRankBypass, Replacement, fit_bypass
@@ -148,6 +147,3 @@ def _train(start: Replacement, x, y, weights, *, steps, batch_size, lr, value_lr
     bypass = None if linear is None else LowRankBypass(*(p.detach().numpy().copy() for p in linear))
     return Replacement(block.to_params(node=start.block.node), bypass)
 
-
-__all__ = ["NormAfter", "error_weights", "fit_replacement", "norm_after", "weighted_error",
-           "WeightlessBlockParams"]

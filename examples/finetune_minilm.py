@@ -20,14 +20,12 @@ Needs the example data once (`quweit.converter.textdata` says how).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import _results
 import numpy as np
 import onnx
 import torch
@@ -57,14 +55,6 @@ def int8_model(original: Path, folder: Path) -> onnx.ModelProto:
     target = folder / "minilm.int8.onnx"
     quantize_dynamic(str(original), str(target), weight_type=QuantType.QInt8)
     return onnx.load(str(target))
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -162,17 +152,9 @@ def main() -> None:
         "lr": {"tables": args.lr, "values": args.value_lr, "bypass": args.bypass_lr, "dense": args.dense_lr},
         "seeds": {"conversion": args.seed, "finetune": args.seed, "fortunes": args.seed},
         "load_average": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in load_after]},
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-                   f"{torch.get_num_threads()}",
-        "commit": commit(),
-        "command": "python examples/finetune_minilm.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "results")),
+        **_results.provenance("finetune_minilm.py", args),
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.results.with_name(args.results.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, args.results)
-    print(f"results in {args.results}")
+    _results.write(args.results, results)
 
 
 if __name__ == "__main__":

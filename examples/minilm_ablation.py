@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
+import _results
 import onnx
 import torch
+from finetune_minilm import measure
 from quweit.converter import minilm, textdata
 from quweit.converter.calibrate import session
 from quweit.converter.convert import convert
 from quweit.converter.distill import Recipe
-
-from finetune_minilm import commit, measure
 
 RESULTS = Path(__file__).resolve().parent / "results" / "minilm_ablation.json"
 
@@ -104,17 +102,9 @@ def main() -> None:
         "data": {"calibration": args.calib, "distillation_glosses": args.train, "heldout": args.heldout,
                  "other": f"{args.other} Debian fortunes (seed {args.seed})"},
         "seeds": {"all": args.seed},
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-                   f"{torch.get_num_threads()}",
-        "commit": commit(),
-        "command": "python examples/minilm_ablation.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "results"),
+        **_results.provenance("minilm_ablation.py", args, skip=("results",)),
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.results.with_name(args.results.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(tmp, args.results)
-    print(f"results in {args.results}")
+    _results.write(args.results, out)
 
 
 if __name__ == "__main__":

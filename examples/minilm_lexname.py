@@ -20,14 +20,13 @@ Needs the example data once (`quweit.converter.textdata` says how).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import tempfile
 import time
 from pathlib import Path
 
+import _results
 import numpy as np
 import onnx
 import torch
@@ -36,8 +35,6 @@ from quweit.converter.calibrate import session
 from quweit.converter.convert import convert
 from quweit.converter.distill import Recipe
 from quweit.converter.finetune import FinetuneOptions, finetune
-
-from finetune_minilm import commit
 
 RESULTS = Path(__file__).resolve().parent / "results" / "minilm_lexname.json"
 CLASSES = 45
@@ -177,17 +174,9 @@ def main() -> None:
         "seeds": {"data": args.seed, "training": args.seed},
         "load_average": {"before": [round(v, 2) for v in load_before],
                          "after": [round(v, 2) for v in os.getloadavg()]},
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-                   f"{torch.get_num_threads()}",
-        "commit": commit(),
-        "command": "python examples/minilm_lexname.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "results")),
+        **_results.provenance("minilm_lexname.py", args),
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.results.with_name(args.results.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, args.results)
-    print(f"results in {args.results}")
+    _results.write(args.results, results)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from onnx import helper, numpy_helper
 from quweit.converter.bypass import BYPASS_MARK, LowRankBypass, Replacement, fit_bypass
 from quweit.converter.cli import main as convert_main
