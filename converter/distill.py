@@ -16,8 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 from quweit.custom_ops.config import BlockConfig
+from quweit.onnxio import Run, capture
 
-from . import calibrate
 from .bypass import Replacement
 from .detect import rewrite_mlps
 from .mlp import MlpMatch
@@ -48,7 +48,7 @@ class Recipe:
 def fit_sequential(
     prepared: onnx.ModelProto,
     mlps: list[MlpMatch],
-    feeds: list[calibrate.Batch],
+    feeds: list[Run],
     config_for: Callable[[MlpMatch], BlockConfig],
     recipe: Recipe,
     *,
@@ -65,7 +65,7 @@ def fit_sequential(
         current, _ = rewrite_mlps(prepared, chosen)
         norm = norm_after(current, mlp.output)
         names = [mlp.input, mlp.output] + ([norm.input] if norm else [])
-        pairs = calibrate.capture(current, feeds, names)
+        pairs = capture(current, feeds, names)
         weights = error_weights(pairs[mlp.output], norm, pairs.get(norm.input) if norm else None)
         chosen[mlp.output] = fit_replacement(
             pairs[mlp.input], pairs[mlp.output], weights, config=config_for(mlp), rank=recipe.bypass_rank,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -31,9 +30,9 @@ def provenance(script: str, args, skip: tuple[str, ...] = ("out", "results")) ->
 
 
 def write(path: Path, results: dict) -> None:
-    """Atomically, as indented JSON."""
+    """Through the one atomic writer (replacing the previous result)."""
+    from quweit.onnxio import write_json
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, results, force=True)
     print(f"results in {path}")

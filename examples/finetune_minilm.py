@@ -30,10 +30,10 @@ import numpy as np
 import onnx
 import torch
 from quweit.converter import minilm, textdata
-from quweit.converter.calibrate import session
 from quweit.converter.convert import convert
 from quweit.converter.distill import Recipe
 from quweit.converter.finetune_cli import main as finetune_main
+from quweit.onnxio import load_model, make_session, save_model, write_npz
 
 RESULTS = Path(__file__).resolve().parent / "results" / "finetune_minilm.json"
 
@@ -41,7 +41,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "finetune_minilm.json"
 def measure(model: onnx.ModelProto, sets: dict[str, dict], references: dict[str, np.ndarray]) -> dict[str, float]:
     """Embedding cosine and nearest-neighbour agreement to the original, per evaluation set."""
     out = {}
-    sess = session(model)
+    sess = make_session(model)
     for name, inputs in sets.items():
         emb = minilm.embed(sess, inputs["attention_mask"], inputs)
         out[f"{name}_cosine"] = round(minilm.mean_cosine(references[name], emb), 4)
@@ -54,7 +54,7 @@ def int8_model(original: Path, folder: Path) -> onnx.ModelProto:
 
     target = folder / "minilm.int8.onnx"
     quantize_dynamic(str(original), str(target), weight_type=QuantType.QInt8)
-    return onnx.load(str(target))
+    return load_model(target)
 
 
 def main() -> None:
@@ -88,12 +88,12 @@ def main() -> None:
     if args.calib + args.train + args.heldout > total:
         raise SystemExit(f"--calib + --train + --heldout exceed the {total} shipped glosses")
     original_path = minilm.export_minilm(out / "minilm.onnx")
-    original = onnx.load(str(original_path))
+    original = load_model(original_path)
     calib = minilm.calibration_inputs(args.calib)
     train = minilm.calibration_inputs(args.train, offset=args.calib)
     sets = {"heldout": minilm.calibration_inputs(args.heldout, offset=total - args.heldout),
             "other": minilm.tokenize(textdata.fortunes(args.other, seed=args.seed))}
-    references = {name: minilm.embed(session(original), s["attention_mask"], s) for name, s in sets.items()}
+    references = {name: minilm.embed(make_session(original), s["attention_mask"], s) for name, s in sets.items()}
 
     started = time.monotonic()
     recipe = Recipe(bypass_rank=args.bypass_rank, reconstruct_steps=args.reconstruct_steps)
@@ -101,12 +101,12 @@ def main() -> None:
                                 seed=args.seed)
     fit_seconds = time.monotonic() - started
     converted_path = out / "minilm.all.quweit.onnx"
-    onnx.save(converted, str(converted_path))
+    save_model(converted, converted_path, force=True)
     fitted = measure(converted, sets, references)
     print(f"fitting: replaced {report['mlps_replaced']}/{report['mlps_found']} MLPs in {fit_seconds:.0f} s: {fitted}",
           flush=True)
 
-    np.savez(out / "train.npz", **train)
+    write_npz(out / "train.npz", train, force=True)
     tuned_path = out / "minilm.all.finetuned.quweit.onnx"
     load_before = os.getloadavg()
     started = time.monotonic()
@@ -121,7 +121,7 @@ def main() -> None:
     tune_seconds = time.monotonic() - started
     load_after = os.getloadavg()
     steps = torch.load(tuned_path.with_name(tuned_path.name + ".ckpt"), weights_only=False)["step"]
-    tuned = measure(onnx.load(str(tuned_path)), sets, references)
+    tuned = measure(load_model(tuned_path), sets, references)
     print(f"after fine-tuning ({steps} steps, {tune_seconds:.0f} s): {tuned}", flush=True)
     int8 = measure(int8_model(original_path, out), sets, references)
     print(f"onnxruntime int8 quantize_dynamic: {int8}", flush=True)

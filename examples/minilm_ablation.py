@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 import _results
-import onnx
 import torch
 from finetune_minilm import measure
 from quweit.converter import minilm, textdata
-from quweit.converter.calibrate import session
 from quweit.converter.convert import convert
 from quweit.converter.distill import Recipe
+from quweit.onnxio import load_model, make_session
 
 RESULTS = Path(__file__).resolve().parent / "results" / "minilm_ablation.json"
 
@@ -70,13 +69,13 @@ def main() -> None:
         raise SystemExit(f"--rows: unknown {unknown}; rows are {list(table)}")
 
     folder = Path(tempfile.mkdtemp(prefix="quweit-ablation-"))
-    original = onnx.load(str(minilm.export_minilm(folder / "minilm.onnx")))
+    original = load_model(minilm.export_minilm(folder / "minilm.onnx"))
     total = len(minilm.sentences())
     calib = minilm.calibration_inputs(args.calib)
     train = minilm.calibration_inputs(args.train, offset=args.calib)
     sets = {"heldout": minilm.calibration_inputs(args.heldout, offset=total - args.heldout),
             "other": minilm.tokenize(textdata.fortunes(args.other, seed=args.seed))}
-    references = {name: minilm.embed(session(original), s["attention_mask"], s) for name, s in sets.items()}
+    references = {name: minilm.embed(make_session(original), s["attention_mask"], s) for name, s in sets.items()}
     results = {}
     for name in chosen:
         recipe = table[name]

@@ -31,10 +31,10 @@ import numpy as np
 import onnx
 import torch
 from quweit.converter import minilm, textdata
-from quweit.converter.calibrate import session
 from quweit.converter.convert import convert
 from quweit.converter.distill import Recipe
 from quweit.converter.finetune import FinetuneOptions, finetune
+from quweit.onnxio import load_model, make_session
 
 RESULTS = Path(__file__).resolve().parent / "results" / "minilm_lexname.json"
 CLASSES = 45
@@ -91,7 +91,7 @@ def train_dense(texts: list[str], labels: np.ndarray, args) -> Classifier:
 
 
 def accuracy(model: onnx.ModelProto, texts: list[str], labels: np.ndarray, batch: int = 128) -> float:
-    sess = session(model)
+    sess = make_session(model)
     hits = 0
     for start in range(0, len(texts), batch):
         inputs = minilm.tokenize(texts[start:start + batch])
@@ -128,7 +128,7 @@ def main() -> None:
     dense_seconds = time.monotonic() - started
     dense_path = minilm.export_minilm(out / "lexname.dense.onnx", dense_torch, output="logits",
                                       output_axes={0: "batch"})
-    dense = onnx.load(str(dense_path))
+    dense = load_model(dense_path)
     dense_val = accuracy(dense, *data["validation"])
     print(f"dense: validation accuracy {dense_val:.4f} ({dense_seconds:.0f} s)", flush=True)
 
