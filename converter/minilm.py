@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     vectors = embed(make_session(args.model), inputs["attention_mask"], inputs)
     unit = vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
     for text, vector in zip(args.sentences, vectors):
-        print(f"{text!r}: {vector.shape[0]}-dim embedding, first values {np.round(vector[:4], 4).tolist()}")
+        print(f"{text!r}: {vector.shape[0]}-dim embedding, first values {', '.join(f'{v:.4f}' for v in vector[:4])}")
     for i in range(len(args.sentences)):
         for j in range(i + 1, len(args.sentences)):
             print(f"cosine({i}, {j}) = {float(unit[i] @ unit[j]):.4f}")
