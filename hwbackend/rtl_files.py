@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .rtl import RtlBlock, render_block, render_lut, render_testbench, render_top
+from .rtl import RtlBlock, render_lut, render_testbench, render_top
 from .simulate import SimResult, simulate
 from .vectors import vector_files
 
@@ -22,7 +22,7 @@ def write_rtl(blocks: list[RtlBlock], outdir: Path, *, top: str | None = "quweit
     files[0].write_text(render_lut())
     for block in blocks:
         path = outdir / f"{block.name}.v"
-        path.write_text(render_block(block))
+        path.write_text(block.text())
         files.append(path)
     if top is not None and len(blocks) > 1:
         path = outdir / f"{top}.v"
