@@ -85,7 +85,7 @@ def measured_mac(x: np.ndarray, hidden: int, d_out: int) -> dict:
     exact = bool((result == to_bits(acc + a * w, 32)).all())
     gate = sum(toggles.values()) / (len(a) - 1)
     flops = float(np.count_nonzero(np.diff(to_bits(acc, 32).astype(np.int8), axis=0))) / (len(a) - 1)
-    return {"macs_simulated": int(len(a)), "exact": exact, "gate_toggles_per_mac": gate,
+    return {"macs_simulated": len(a), "exact": exact, "gate_toggles_per_mac": gate,
             "accumulator_toggles_per_mac": flops, "gates": sum(netlist.gate_types.values())}
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import shape_inference
-
 from quweit.converter.costs import weight_macs
 
 

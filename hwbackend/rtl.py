@@ -218,7 +218,7 @@ def _structure(p: WeightlessBlockParams) -> dict:
 
 def _modules(block: RtlBlock) -> list[Module]:
     p, name, pipe = block.params, block.name, block.pipeline
-    T, G, B = p.thresholds_per_feature, p.group_size, p.input_bits
+    T, B = p.thresholds_per_feature, p.input_bits
     s = block.structure
     live, therm_wire = s["live"], s["therm_wire"]
     modules, instances, registers = [], [], []

@@ -25,7 +25,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from .errors import HwBackendError
@@ -71,6 +72,14 @@ def area_liberty() -> str:
         lines.append(f' cell({name}) {{ area: {cell["area_um2"]};{pins} pin({cell["output"]}) {{ direction: output; '
                      f'function: "{cell["function"]}"; }} }}')
     return "\n".join([*lines, "}"]) + "\n"
+
+
+def content_key(*parts: str) -> str:
+    """The cache key of a tool run: a digest of everything that determines its result."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()
 
 
 def cache_root() -> Path:
@@ -132,7 +141,7 @@ def _cells(path: Path) -> tuple[dict[str, int], float]:
 
 def synthesize_module(module: str, text: str, *, timeout: float = 3600.0) -> ModuleSynthesis:
     """Synthesize Verilog `text` (all modules it needs) with top `module`; cached by content."""
-    key = hashlib.sha256("\0".join([FLOW_VERSION, yosys_version(), area_liberty(), module, text]).encode()).hexdigest()
+    key = content_key(FLOW_VERSION, yosys_version(), area_liberty(), module, text)
     folder = cache_root() / key[:2] / key
     result = folder / "result.json"
     if not result.exists():
@@ -147,11 +156,8 @@ def _run_yosys(module: str, text: str, folder: Path, timeout: float) -> None:
     try:
         (work / "design.v").write_text(text)
         (work / "area.lib").write_text(area_liberty())
-        try:  # YoWASP's WebAssembly sandbox sees the working folder only
-            done = subprocess.run([yosys_command(), "-q", "-p", _script(module)], cwd=work, capture_output=True,
-                                  text=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as err:
-            raise HwBackendError(f"yosys timed out after {timeout:.0f} s on {module}") from err
+        # YoWASP's WebAssembly sandbox sees the working folder only
+        done = run_tool([yosys_command(), "-q", "-p", _script(module)], work, timeout, f"yosys on {module}")
         if done.returncode != 0 or not (work / "sky130.json").exists():
             raise HwBackendError(f"yosys failed on {module} (exit {done.returncode}):\n{(done.stderr or done.stdout)[-3000:]}")
         xc7, _ = _cells(work / "xc7.json")
@@ -173,17 +179,48 @@ def _run_yosys(module: str, text: str, folder: Path, timeout: float) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+_RUNNING: set[subprocess.Popen] = set()
+_LOCK = threading.Lock()
+
+
+def run_tool(command: list[str], cwd: Path, timeout: float, what: str) -> subprocess.CompletedProcess:
+    """Run a tool; `stop_tools()` ends every tool still running (an interrupted report leaves none behind)."""
+    with subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        with _LOCK:
+            _RUNNING.add(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as error:
+            proc.kill()
+            raise HwBackendError(f"{what} timed out after {timeout:.0f} s") from error
+        finally:
+            with _LOCK:
+                _RUNNING.discard(proc)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def stop_tools() -> None:
+    with _LOCK:
+        for proc in list(_RUNNING):
+            proc.kill()
+
+
 def synthesize_all(jobs: list[tuple[str, str]], *, workers: int | None = None, progress: bool = True,
                    desc: str = "synthesizing") -> list[ModuleSynthesis]:
     """Synthesize `(module, text)` jobs in parallel (one Yosys process per core), cached ones instantly."""
     from tqdm.auto import tqdm
 
     workers = workers or max(1, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(synthesize_module, module, text) for module, text in jobs]
+    pool = ThreadPoolExecutor(max_workers=workers)
+    futures = [pool.submit(synthesize_module, module, text) for module, text in jobs]
+    try:
         with tqdm(total=len(futures), desc=desc, unit="module", disable=not progress) as bar:
-            results = []
-            for future in futures:
-                results.append(future.result())
+            for _ in as_completed(futures):
                 bar.update(1)
-    return results
+        return [future.result() for future in futures]
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_tools()
+        raise
+    finally:
+        pool.shutdown(wait=True)

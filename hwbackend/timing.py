@@ -7,12 +7,10 @@ report gives the critical path in logic levels instead and says why. Results are
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 from .errors import HwBackendError
 from .render import render
 from .rtl import RtlBlock, render_lut
-from .synth import cache_root, yosys_command, yosys_version
+from .synth import cache_root, content_key, run_tool, yosys_command, yosys_version
 
 DEVICE = "--85k"
 DEVICE_LUT4 = 83640  # LFE5U-85F
@@ -52,7 +50,7 @@ def place_and_route(rtl: RtlBlock, *, timeout: float = 3600.0) -> dict:
     wrapper = f"{rtl.name}_pnr"
     text = render_lut() + rtl.text() + render("verilog/pnr_wrapper.v.j2", name=wrapper, block=rtl.name,
                                               q_width=rtl.q_width, acc_width=rtl.acc_width)
-    key = hashlib.sha256("\0".join([TIMING_VERSION, yosys_version(), nextpnr_version(), DEVICE, text]).encode()).hexdigest()
+    key = content_key(TIMING_VERSION, yosys_version(), nextpnr_version(), DEVICE, text)
     folder = cache_root().parent / "pnr" / key[:2]
     result = folder / f"{key}.json"
     if result.exists():
@@ -61,8 +59,8 @@ def place_and_route(rtl: RtlBlock, *, timeout: float = 3600.0) -> dict:
     work = Path(tempfile.mkdtemp(prefix=".pnr.", dir=folder))
     try:
         (work / "design.v").write_text(text)
-        _run([yosys_command(), "-q", "-p", f"read_verilog design.v; synth_ecp5 -top {wrapper} -json design.json; "
-              "tee -q -o stat.json stat -json"], work, timeout, "yosys (synth_ecp5)")
+        script = f"read_verilog design.v; synth_ecp5 -top {wrapper} -json design.json"
+        _run([yosys_command(), "-q", "-p", script], work, timeout, "yosys (synth_ecp5)")
         log = _run([nextpnr_command(), DEVICE, "--json", "design.json", "--timing-allow-fail", "--seed", "1",
                     "--report", "report.json"], work, timeout, "nextpnr-ecp5")
         report = json.loads((work / "report.json").read_text())
@@ -81,10 +79,7 @@ def place_and_route(rtl: RtlBlock, *, timeout: float = 3600.0) -> dict:
 
 
 def _run(command: list[str], cwd: Path, timeout: float, what: str) -> str:
-    try:
-        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as err:
-        raise HwBackendError(f"{what} timed out after {timeout:.0f} s") from err
+    done = run_tool(command, cwd, timeout, what)
     if done.returncode != 0:
         raise HwBackendError(f"{what} failed (exit {done.returncode}):\n{(done.stderr or done.stdout)[-3000:]}")
     return done.stdout + done.stderr
