@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -28,24 +27,6 @@ from .rtl_files import simulate_gate_level
 from .timing import DEFAULT_MAX_LUTS, block_timing
 
 JSON_FILE, TABLE_FILE, PLOT_FILE = "hardware.json", "hardware.txt", "hardware.png"
-
-
-def _feeds(model, opts) -> dict:
-    if opts.inputs is not None:
-        with np.load(opts.inputs) as data:
-            return {k: data[k] for k in data.files}
-    from .capture import synthetic_inputs
-
-    return synthetic_inputs(model, np.random.default_rng(opts.seed))
-
-
-def _git_commit() -> str | None:
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-                              timeout=10, check=False)
-        return done.stdout.strip() or None
-    except OSError:
-        return None
 
 
 def block_entry(report, opts, verilog_dir: Path, cal: dict, max_luts: int) -> dict:
@@ -95,7 +76,9 @@ def hardware_report(model, reports, workdir: Path, opts) -> dict:
     for report in tqdm(reports, desc="gate-level simulation, toggles, timing, baseline", unit="block",
                        disable=not opts.progress):
         blocks.append(block_entry(report, opts, verilog_dir, cal, max_luts))
-    feeds = _feeds(model, opts)
+    from .compile import model_inputs
+
+    feeds = model_inputs(model, opts)
     dense = dense_macs(model, feeds)
     per_mac = float(np.mean([b["baseline"]["pj_per_mac_measured"] for b in blocks]))
     rest_pj = dense["weight_macs_per_token"] * (per_mac + PJ["sram_8kb_read_64b"] / 8) \
@@ -123,7 +106,7 @@ def hardware_report(model, reports, workdir: Path, opts) -> dict:
                          "block": "toggles per token of the gate netlists on real activations x pJ/toggle, plus "
                                   "the block's D_in + D_out scale multiplications at the baseline's pJ/MAC"},
         "blocks": blocks,
-        "run": {"command": "quweit-compile " + " ".join(getattr(opts, "argv", []) or []), "commit": _git_commit(),
+        "run": {"command": "quweit-compile " + " ".join(getattr(opts, "argv", []) or []),
                 "seed": opts.seed, "seconds": round(time.time() - started, 1), "load_average": os.getloadavg(),
                 "machine": f"{platform.machine()} {os.cpu_count()} cores", "python": platform.python_version()},
     }
