@@ -26,19 +26,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 from quweit.converter import minilm
-from quweit.converter.calibrate import session
 from quweit.converter.convert import convert
 from quweit.custom_ops import BlockConfig
+from quweit.onnxio import load_model, make_session, save_model, write_json, write_npz
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HW_OPTIONS = {"input_bits": 6, "popcount": True, "value_bits": 8}
 
 
 def embedding_cosine(model: onnx.ModelProto, heldout: dict, reference: np.ndarray) -> float:
-    return minilm.mean_cosine(reference, minilm.embed(session(model), heldout["attention_mask"], heldout))
+    return minilm.mean_cosine(reference, minilm.embed(make_session(model), heldout["attention_mask"], heldout))
 
 
 def main() -> None:
@@ -55,16 +54,16 @@ def main() -> None:
     timings, started = {}, time.monotonic()
 
     original_path = minilm.export_minilm(out / "minilm.onnx")
-    original = onnx.load(str(original_path))
+    original = load_model(original_path)
     total = len(minilm.sentences())
     calib = minilm.calibration_inputs(args.calib)
     heldout = minilm.calibration_inputs(args.heldout, offset=total - args.heldout)
-    reference = minilm.embed(session(original), heldout["attention_mask"], heldout)
+    reference = minilm.embed(make_session(original), heldout["attention_mask"], heldout)
     accuracy = {}
     for name, config in (("default", BlockConfig()), ("hardware", BlockConfig(**HW_OPTIONS))):
         t0 = time.monotonic()
         converted, report = convert(original, calib=calib, layers="all", config=config, sensitivity=False)
-        onnx.save(converted, str(out / f"minilm.{name}.quweit.onnx"))
+        save_model(converted, out / f"minilm.{name}.quweit.onnx", force=True)
         accuracy[name] = {"config": {k: getattr(config, k) for k in ("input_bits", "popcount", "value_bits",
                                                                       "thresholds_per_feature", "luts_per_output")},
                           "embedding_cosine_fitting_alone": round(embedding_cosine(converted, heldout, reference), 4),
@@ -72,7 +71,7 @@ def main() -> None:
         timings[f"convert_{name}_s"] = round(time.monotonic() - t0, 1)
         print(f"{name}: held-out embedding cosine {accuracy[name]['embedding_cosine_fitting_alone']}", flush=True)
 
-    np.savez(out / "glosses.npz", **minilm.calibration_inputs(args.gloss_inputs, offset=args.calib))
+    write_npz(out / "glosses.npz", minilm.calibration_inputs(args.gloss_inputs, offset=args.calib), force=True)
     from quweit.hwbackend.cli import main as compile_main
 
     command = [str(out / "minilm.hardware.quweit.onnx"), "-o", str(out / "hw"), "--report", "--target", "verilog",
@@ -108,10 +107,7 @@ def main() -> None:
                                                                  "toggles_per_token": b["activity"]["toggles_per_token"]}
                    for b in hardware["blocks"]],
     }
-    path = args.results / "hardware_minilm.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, path)
+    path = write_json(args.results / "hardware_minilm.json", results, force=True)
     print(f"results in {path}")
 
 
