@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 from quweit.converter import minilm
 from quweit.converter.convert import convert
