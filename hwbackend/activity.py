@@ -36,7 +36,7 @@ def reference_signals(block, q: np.ndarray) -> dict[str, np.ndarray]:
         rows = p.layer_rows(k)
         bits = table_bits[rows][np.arange(p.layer_sizes[k])[None, :], lut_addresses(bits, p.mapping[rows])]
         signals.update({f"l{k}_{j}": bits[:, j].astype(np.int64) for j in range(bits.shape[1])})
-    acc = integer_core(p, q).astype(np.int64) - 0  # sum_o = acc_o (bias included)
+    acc = integer_core(p, q).astype(np.int64)  # sum_o = acc_o (bias included)
     signals.update({f"sum_{o}": acc[:, o] for o in range(p.out_features)})
     return signals
 

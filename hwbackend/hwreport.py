@@ -68,7 +68,7 @@ def block_entry(report, opts, verilog_dir: Path, cal: dict, max_luts: int) -> di
 def hardware_report(model, reports, workdir: Path, opts) -> dict:
     started = time.time()
     cal = calibration()
-    max_luts = getattr(opts, "pnr_max_luts", None) or DEFAULT_MAX_LUTS
+    max_luts = opts.pnr_max_luts or DEFAULT_MAX_LUTS
     verilog_dir = workdir / "verilog"
     blocks = []
     from tqdm.auto import tqdm
@@ -106,7 +106,7 @@ def hardware_report(model, reports, workdir: Path, opts) -> dict:
                          "block": "toggles per token of the gate netlists on real activations x pJ/toggle, plus "
                                   "the block's D_in + D_out scale multiplications at the baseline's pJ/MAC"},
         "blocks": blocks,
-        "run": {"command": "quweit-compile " + " ".join(getattr(opts, "argv", []) or []),
+        "run": {"command": "quweit-compile " + " ".join(opts.argv),
                 "seed": opts.seed, "seconds": round(time.time() - started, 1), "load_average": os.getloadavg(),
                 "machine": f"{platform.machine()} {os.cpu_count()} cores", "python": platform.python_version()},
     }
