@@ -91,6 +91,8 @@ def fit_replacement(
     """
     x = np.ascontiguousarray(x, np.float32)
     y = np.ascontiguousarray(y, np.float32)
+    if config.popcount or config.value_bits != BlockConfig().value_bits:
+        value_lr = 0.0  # hardware-designed values (popcount, narrow): training would move them out of that form
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
     n_hold = max(1, int(len(x) * HOLDOUT)) if steps and len(x) > 10 else 0

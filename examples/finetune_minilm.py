@@ -73,6 +73,9 @@ def main() -> None:
     p.add_argument("--value-lr", type=float, default=Recipe.value_lr)
     p.add_argument("--bypass-lr", type=float, default=Recipe.bypass_lr)
     p.add_argument("--dense-lr", type=float, default=Recipe.dense_lr)
+    p.add_argument("--popcount", action="store_true", help="hardware-designed blocks: popcount sums (values frozen)")
+    p.add_argument("--value-bits", type=int, default=None, help="hardware-designed blocks: value bits (values frozen)")
+    p.add_argument("--input-bits", type=int, default=None, help="hardware-designed blocks: input bits")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="working folder (models, data, checkpoint)")
@@ -96,9 +99,15 @@ def main() -> None:
     references = {name: minilm.embed(make_session(original), s["attention_mask"], s) for name, s in sets.items()}
 
     started = time.monotonic()
-    recipe = Recipe(bypass_rank=args.bypass_rank, reconstruct_steps=args.reconstruct_steps)
+    from quweit.custom_ops import BlockConfig
+
+    hw = {k: v for k, v in {"popcount": args.popcount or None, "value_bits": args.value_bits,
+                            "input_bits": args.input_bits}.items() if v is not None}
+    if args.popcount or args.value_bits is not None:
+        args.value_lr = 0.0  # training would move the values out of the popcount / narrow form
+    recipe = Recipe(bypass_rank=args.bypass_rank, reconstruct_steps=args.reconstruct_steps, value_lr=args.value_lr)
     converted, report = convert(original, calib=calib, layers="all", sensitivity=False, recipe=recipe,
-                                seed=args.seed)
+                                seed=args.seed, config=BlockConfig(**hw) if hw else None)
     fit_seconds = time.monotonic() - started
     converted_path = out / "minilm.all.quweit.onnx"
     save_model(converted, converted_path, force=True)
