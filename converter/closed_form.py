@@ -15,14 +15,16 @@ refines them.
 from __future__ import annotations
 
 import numpy as np
+from quweit.custom_ops.config import BlockConfig
+from quweit.custom_ops.params import WeightlessBlockParams, pack_tables
+from quweit.custom_ops.reference import lut_addresses, quantize, thermometer_bits
 
-from .config import BlockConfig
 from .encoding_fit import fit_input_scale, fit_thresholds
-from .params import WeightlessBlockParams, pack_tables
-from .reference import lut_addresses, quantize, thermometer_bits
 
 DEFAULT_VALUE_BITS = 16
 RIDGE = 1e-3
+#: Pairs used by the closed form (it holds all thermometer bits in memory).
+CLOSED_FORM_SAMPLES = 20000
 
 
 def linear_influence(x: np.ndarray, y: np.ndarray) -> np.ndarray:
