@@ -40,10 +40,13 @@ class FinetuneOptions:
     mask_input: str | None = "attention_mask"  # distil only real tokens when this input is present
     train_dense: bool = False  # also train the float initializers around the blocks (attention, norms, ...)
     dense_lr: float = 1e-4
+    bypass_lr: float = 1e-3  # low-rank linear bypasses beside the blocks (converter.bypass), always trained
     table_magnitude: float = 0.25  # |entry| of fitted tables: small enough that EFD can flip them
     budget_seconds: float | None = None
     trim_padding: bool = True  # drop sequence positions that are padding in every row of the batch
     schedule: str = "constant"  # or "cosine": every learning rate decays to 0 over the steps or the budget
+    warmup_steps: int = 0  # every learning rate rises linearly from 0 over the first steps (Adam's first
+    # updates are about lr in size whatever the gradient: without warm-up they jolt all pretrained weights)
 
 
 def check_data(data: Mapping[str, np.ndarray], model: onnx.ModelProto, *, source: str = "data") -> int:
@@ -165,12 +168,13 @@ def _resume(path: Path, graph: torch.nn.Module, optimizer, generator: np.random.
 class Teacher:
     """The original model in onnxruntime (one thread per process: ranks share the cores)."""
 
-    def __init__(self, model_path: str | Path, threads: int = 1) -> None:
-        self.path = model_path
+    def __init__(self, model: str | Path | onnx.ModelProto, threads: int = 1) -> None:
+        self.path = "the teacher model" if isinstance(model, onnx.ModelProto) else model
+        source = model if isinstance(model, onnx.ModelProto) else load_model(model)
         try:
-            self.session = make_session(load_model(model_path), kernel=None, threads=threads)
+            self.session = make_session(source, kernel=None, threads=threads)
         except ONNXRUNTIME_ERRORS as err:
-            raise FinetuneError(f"--teacher {model_path}: onnxruntime cannot load it: {_first_line(err)}") from err
+            raise FinetuneError(f"--teacher {self.path}: onnxruntime cannot load it: {_first_line(err)}") from err
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -242,8 +246,11 @@ def finetune(
     values = [p for b in blocks.values() for p in (b.encoded_values, b.bias)]
     model = torch.nn.parallel.DistributedDataParallel(graph, forward_sync_buffers=False) if world > 1 else graph
     groups = [{"params": tables, "lr": options.lr}, {"params": values, "lr": options.value_lr}]
-    if len(graph.dense):
-        groups.append({"params": list(graph.dense.values()), "lr": options.dense_lr})
+    bypass = [graph.dense[k] for k in graph.bypass_keys]
+    dense = [p for k, p in graph.dense.items() if k not in graph.bypass_keys]
+    for params, lr in ((bypass, options.bypass_lr), (dense, options.dense_lr)):
+        if params:
+            groups.append({"params": params, "lr": lr})
     optimizer = torch.optim.Adam(groups)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a checkpoint's (scheduled) ones
     generator = np.random.default_rng(options.seed)
@@ -267,7 +274,8 @@ def finetune(
                 break
             progress_made = max(progress_made, elapsed / options.budget_seconds)
         for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * schedule_factor(options.schedule, progress_made)
+            warm = min(1.0, (step + 1) / options.warmup_steps) if options.warmup_steps else 1.0
+            group["lr"] = base * warm * schedule_factor(options.schedule, progress_made)
         batch = generator.choice(rows, size=options.batch_size, replace=rows < options.batch_size)
         mine = batch[rank * local:(rank + 1) * local]
         feeds = {n: np.ascontiguousarray(data[n][mine]) for n in names}

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-dense", action="store_true",
                         help="also train the model's other float weights (written back too)")
     parser.add_argument("--dense-lr", type=float, default=1e-4, help="learning rate of the other weights")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up over these steps")
+    parser.add_argument("--bypass-lr", type=float, default=1e-3,
+                        help="learning rate of the low-rank linear bypasses beside blocks (trained when present)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget-seconds", type=float,
                         help="stop after this much training time in all (a resumed run counts the time before)")
@@ -79,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     options = FinetuneOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, value_lr=args.value_lr,
                               seed=args.seed, candidates=args.candidates, checkpoint_every=args.checkpoint_every,
                               budget_seconds=args.budget_seconds, train_dense=args.train_dense,
-                              dense_lr=args.dense_lr, schedule=args.schedule,
+                              dense_lr=args.dense_lr, bypass_lr=args.bypass_lr, schedule=args.schedule,
+                              warmup_steps=args.warmup_steps,
                               trim_padding=not args.no_trim_padding)
     checkpoint = args.checkpoint or output.with_name(output.name + ".ckpt")
     with naming(args.model):
