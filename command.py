@@ -89,10 +89,10 @@ def run_command(prog: str, parser: argparse.ArgumentParser, body: Callable[[argp
     try:
         with sigterm_unwinds():
             return body(args)
-    except Terminated:
-        return fail(EXIT_TERMINATED, "terminated (SIGTERM); inputs untouched, no output written")
+    except Terminated:  # (an output committed just before the signal landed stays: it is complete)
+        return fail(EXIT_TERMINATED, "terminated (SIGTERM); inputs untouched, no partial output left")
     except KeyboardInterrupt:
-        return fail(EXIT_INTERRUPTED, "interrupted; inputs untouched, no output written")
+        return fail(EXIT_INTERRUPTED, "interrupted; inputs untouched, no partial output left")
     except InputError as err:
         return fail(err.exit_code, f"error: {one_line(err)}")
     except OSError as err:
