@@ -7,7 +7,7 @@
 // independent of the token count; conditional sums add encoded values under per-token bit masks into
 // int32 accumulators. No standard-library templates here: this code is compiled once per ISA.
 #ifndef QUWEIT_ISA
-#error "define QUWEIT_ISA before including tile_eval_impl.h"
+#error "define QUWEIT_ISA and include simd_common.h before including bitslice_eval_impl.h"
 #endif
 
 #include "block_plan.h"
@@ -23,32 +23,6 @@ template <>
 struct Plane<1> {
   typedef uint64_t __attribute__((may_alias)) type;
 };
-
-// Conditional sums run on the ISA's native int32 vector (QUWEIT_LANES tokens per operation).
-#ifndef QUWEIT_LANES
-#error "define QUWEIT_LANES (int32 lanes of the ISA's vectors) before including tile_eval_impl.h"
-#endif
-constexpr int kLanes = QUWEIT_LANES;
-typedef int32_t Lanes __attribute__((vector_size(4 * kLanes), may_alias));
-typedef float Floats __attribute__((vector_size(4 * kLanes), may_alias));
-
-#define QUWEIT_INLINE inline __attribute__((always_inline))
-
-template <typename T>
-QUWEIT_INLINE T* align64(T* p) {
-  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~static_cast<uintptr_t>(63));
-}
-
-// Spec 3.1 for one element: NaN -> 0, clamp, round half to even (exact via the 1.5 * 2^23 trick, since
-// |value| <= 2^15 after clamping), one binary32 multiplication (the build disables FMA contraction).
-QUWEIT_INLINE int16_t quantize(float x, float scale, float qmin, float qmax) {
-  float p = x * scale;
-  p = (p == p) ? p : 0.0f;
-  p = p < qmin ? qmin : p;
-  p = p > qmax ? qmax : p;
-  const float magic = 12582912.0f;
-  return static_cast<int16_t>(static_cast<int32_t>((p + magic) - magic));
-}
 
 // Spec 3.1 + 3.2: quantize the tile's tokens feature block by feature block (transposed, token-minor)
 // and write one bit plane per (feature, threshold): bit m = q[m] > threshold.
