@@ -62,6 +62,12 @@ void derive_direct_layout(const BlockParams& params, DerivedLayouts& out) {
       out.direct_values[p] = params.encoded_values[o * group + g];
     }
   }
+  int64_t widest = 0;
+  for (int64_t k = 0; k < layers; ++k) widest = n * copy_bytes[k] > widest ? n * copy_bytes[k] : widest;
+  if (widest <= 65536) {
+    out.direct_mapping16.assign(out.direct_mapping.begin(), out.direct_mapping.end());
+    out.direct_mapping = std::vector<int32_t>();
+  }
 }
 
 }  // namespace
@@ -119,7 +125,8 @@ BlockPlan make_plan(const BlockParams& params, const DerivedLayouts& layouts) {
   plan.direct_copy_bytes = layouts.direct_copy_bytes.data();
   plan.direct_row_offsets = layouts.direct_row_offsets.data();
   plan.direct_thresholds = layouts.direct_thresholds.data();
-  plan.direct_mapping = layouts.direct_mapping.data();
+  plan.direct_mapping = layouts.direct_mapping.empty() ? nullptr : layouts.direct_mapping.data();
+  plan.direct_mapping16 = layouts.direct_mapping16.empty() ? nullptr : layouts.direct_mapping16.data();
   plan.direct_tables = layouts.direct_tables.data();
   plan.direct_values = layouts.direct_values.data();
   plan.direct_bias = layouts.direct_bias.data();

@@ -26,7 +26,9 @@ namespace quweit {
 // order. direct_mapping holds, per row and slot l, l * copy_bytes + position. The last layer's rows are
 // reordered to (output block of 16, g, output in block), padded with all-zero LUTs to a multiple of 16
 // outputs, so that 16 outputs' sums are vector additions (direct_values etc. in the same order).
-// direct_rows = 0 when the copies would exceed 2^31 bytes (the path is then not offered).
+// direct_rows = 0 when the copies would exceed 2^31 bytes (the path is then not offered). When every
+// offset fits 16 bits (blocks up to about 1,300 features at T = 8, n = 6) the offsets are held as
+// uint16 only (direct_mapping16; fewer bytes to load per LUT), else as int32 only (direct_mapping).
 struct DerivedLayouts {
   int32_t lut_bytes = 16;
   int32_t sum_groups = 1;
@@ -37,6 +39,7 @@ struct DerivedLayouts {
   std::vector<int32_t> direct_copy_bytes, direct_row_offsets;
   std::vector<int16_t> direct_thresholds;
   std::vector<int32_t> direct_mapping;
+  std::vector<uint16_t> direct_mapping16;
   std::vector<uint64_t> direct_tables;
   std::vector<int32_t> direct_values, direct_bias;
   std::vector<float> direct_scale;

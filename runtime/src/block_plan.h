@@ -39,16 +39,16 @@ struct BlockPlan {
   const int32_t* direct_copy_bytes;    // [K] bytes of one pre-shifted copy of layer k's input bits
   const int32_t* direct_row_offsets;   // [K] first row of layer k
   const int16_t* direct_thresholds;    // [T, direct_features], threshold-major
-  const int32_t* direct_mapping;       // [direct_rows, n] byte offsets into the copies
+  const int32_t* direct_mapping;       // [direct_rows, n] byte offsets into the copies, or nullptr and
+  const uint16_t* direct_mapping16;    // the same as uint16 when they fit
   const uint64_t* direct_tables;       // [direct_rows, W]
   const int32_t* direct_values;        // [direct_outputs * G] in the last layer's row order
   const int32_t* direct_bias;          // [direct_outputs]
   const float* direct_scale;           // [direct_outputs]
 };
 
-// Features quantized and outputs written per block in a tile (small transposed staging buffers).
-constexpr int kFeatureBlock = 16;
-constexpr int kOutputBlock = 16;
+// The most int32 lanes of any ISA's vectors: bounds the staging buffers (kLanes rows of a tile).
+constexpr int kMaxLanes = 16;
 
 // Evaluates `count` tokens starting at token `begin` of X [M, D_in] into Y [M, D_out]. A tile holds up to
 // 64 * words tokens, bit-sliced: one bit plane of `words` uint64 per thermometer/LUT bit.
@@ -59,8 +59,8 @@ using TileFn = void (*)(const BlockPlan& plan, const float* x, float* y, int64_t
 inline size_t tile_scratch_bytes(const BlockPlan& plan, int words) {
   const size_t tokens = 64u * static_cast<size_t>(words);
   const size_t planes = 2u * static_cast<size_t>(plan.max_layer_bits) * words * sizeof(uint64_t);
-  const size_t q = kFeatureBlock * tokens * sizeof(int16_t);
-  const size_t y = kOutputBlock * tokens * sizeof(float);
+  const size_t q = kMaxLanes * tokens * sizeof(int16_t);
+  const size_t y = kMaxLanes * tokens * sizeof(float);
   return planes + q + y + 3 * 64;
 }
 

@@ -54,38 +54,9 @@ void byteslice_encode(const BlockPlan& plan, const float* x, int64_t begin, int6
   const ByteScratch s = byte_scratch(plan, scratch);
   const int d_in = plan.in_features;
   const int t_per = plan.thresholds_per_feature;
-  const int groups = static_cast<int>((count + kLanes - 1) / kLanes);
-  static const float zeros[kLanes] = {};
   for (int i0 = 0; i0 < d_in; i0 += kLanes) {
     const int nb = d_in - i0 < kLanes ? d_in - i0 : kLanes;
-    for (int g = 0; g < kByteTokens / kLanes; ++g) {
-      if (g >= groups) {  // lanes of absent tokens: defined values, results never stored
-        for (int ii = 0; ii < nb; ++ii) *reinterpret_cast<UnalignedShorts*>(s.q + ii * kByteTokens + g * kLanes) = Shorts{};
-        continue;
-      }
-      if (nb == kLanes) {
-        Floats rows[kLanes];
-        for (int j = 0; j < kLanes; ++j) {
-          const int64_t m = g * kLanes + j;
-          const float* row = m < count ? x + (begin + m) * static_cast<int64_t>(d_in) + i0 : zeros;
-          rows[j] = *reinterpret_cast<const UnalignedFloats*>(row);
-        }
-        transpose(rows);
-        for (int ii = 0; ii < kLanes; ++ii) {
-          const Floats scale = Floats{} + plan.input_scale[i0 + ii];
-          *reinterpret_cast<UnalignedShorts*>(s.q + ii * kByteTokens + g * kLanes) =
-              quantize(rows[ii], scale, plan.qmin, plan.qmax);
-        }
-      } else {  // the last, partial block of features
-        for (int ii = 0; ii < nb; ++ii) {
-          for (int j = 0; j < kLanes; ++j) {
-            const int64_t m = g * kLanes + j;
-            const float value = m < count ? x[(begin + m) * static_cast<int64_t>(d_in) + i0 + ii] : 0.0f;
-            s.q[ii * kByteTokens + g * kLanes + j] = quantize(value, plan.input_scale[i0 + ii], plan.qmin, plan.qmax);
-          }
-        }
-      }
-    }
+    quantize_transposed(plan, x, begin, count, i0, nb, s.q, kByteTokens, kByteTokens);
     for (int ii = 0; ii < nb; ++ii) {
       const int i = i0 + ii;
       for (int t = 0; t < t_per; ++t)
@@ -174,21 +145,7 @@ void byteslice_outputs_n(const BlockPlan& plan, const uint8_t* in, float* y, int
       for (int c = 0; c < groups; ++c)
         *reinterpret_cast<Floats*>(y_stage + oo * kByteTokens + c * kLanes) = __builtin_convertvector(acc[c], Floats) * scale;
     }
-    for (int c = 0; c < groups; ++c) {
-      Floats rows[kLanes];
-      for (int oo = 0; oo < kLanes; ++oo)
-        rows[oo] = *reinterpret_cast<const Floats*>(y_stage + (oo < ob ? oo : 0) * kByteTokens + c * kLanes);
-      transpose(rows);
-      const int tokens = count - c * kLanes < kLanes ? static_cast<int>(count - c * kLanes) : kLanes;
-      for (int j = 0; j < tokens; ++j) {
-        float* row = y + (begin + c * kLanes + j) * static_cast<int64_t>(d_out) + o0;
-        if (ob == kLanes) {
-          *reinterpret_cast<UnalignedFloats*>(row) = rows[j];
-        } else {
-          for (int oo = 0; oo < ob; ++oo) row[oo] = rows[j][oo];
-        }
-      }
-    }
+    store_transposed(y_stage, kByteTokens, y, d_out, o0, ob, begin, count);
   }
 }
 

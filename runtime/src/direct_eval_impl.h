@@ -61,7 +61,8 @@ void direct_encode(const BlockPlan& plan, const float* x, int64_t m, int64_t cou
   for (; i + kLanes <= d_in; i += kLanes)
     *reinterpret_cast<UnalignedShorts*>(s.q + i) =
         quantize(*reinterpret_cast<const UnalignedFloats*>(row + i),
-                 *reinterpret_cast<const UnalignedFloats*>(plan.input_scale + i), plan.qmin, plan.qmax);
+                 *reinterpret_cast<const UnalignedFloats*>(plan.input_scale + i), Floats{} + plan.qmin,
+                 Floats{} + plan.qmax);
   for (; i < d_in; ++i) s.q[i] = quantize(row[i], plan.input_scale[i], plan.qmin, plan.qmax);
   for (; i < features; ++i) s.q[i] = 0;
   const int64_t copy = plan.direct_copy_bytes[0];
@@ -76,9 +77,17 @@ void direct_encode(const BlockPlan& plan, const float* x, int64_t m, int64_t cou
   }
 }
 
+// The row offsets as int32 or, when they fit, uint16 (block_layouts.h).
+template <typename Index>
+QUWEIT_INLINE const Index* direct_map(const BlockPlan& plan);
+template <>
+QUWEIT_INLINE const int32_t* direct_map<int32_t>(const BlockPlan& plan) { return plan.direct_mapping; }
+template <>
+QUWEIT_INLINE const uint16_t* direct_map<uint16_t>(const BlockPlan& plan) { return plan.direct_mapping16; }
+
 // Spec 3.3 for one LUT: address = OR of the slots' pre-shifted bytes, output = that bit of the table.
-template <int N>
-QUWEIT_INLINE uint32_t direct_lut(const uint8_t* copies, const int32_t* map, const uint64_t* table) {
+template <int N, typename Index>
+QUWEIT_INLINE uint32_t direct_lut(const uint8_t* copies, const Index* map, const uint64_t* table) {
   uint32_t address = copies[map[0]];
   for (int l = 1; l < N; ++l) address |= copies[map[l]];
   if constexpr (N <= 6) {
@@ -90,14 +99,14 @@ QUWEIT_INLINE uint32_t direct_lut(const uint8_t* copies, const int32_t* map, con
 
 // LUTs [j_begin, j_end) of hidden layer k: output bytes into copy 0 of the next set, then the other
 // copies by vector shifts. Ranges other than the layer's last start and end on multiples of 64.
-template <int N>
+template <int N, typename Index>
 void direct_layer_n(const BlockPlan& plan, int k, const DirectScratch& s, int64_t j_begin, int64_t j_end) {
   constexpr int kWords = N <= 6 ? 1 : (1 << N) / 64;
   const uint8_t* in = s.copies[k % 2];
   uint8_t* out = s.copies[(k + 1) % 2];
   const int64_t first = plan.direct_row_offsets[k];
   for (int64_t j = j_begin; j < j_end; ++j)
-    out[j] = static_cast<uint8_t>(direct_lut<N>(in, plan.direct_mapping + (first + j) * N, plan.direct_tables + (first + j) * kWords));
+    out[j] = static_cast<uint8_t>(direct_lut<N>(in, direct_map<Index>(plan) + (first + j) * N, plan.direct_tables + (first + j) * kWords));
   const int64_t copy = plan.direct_copy_bytes[k + 1];
   for (int64_t j = j_begin; j < j_end; j += kByteTokens) {  // stays within the copy: it is padded to 64
     const Bytes set = -*reinterpret_cast<const Bytes*>(out + j);  // 0/1 -> 0/0xFF
@@ -105,23 +114,29 @@ void direct_layer_n(const BlockPlan& plan, int k, const DirectScratch& s, int64_
   }
 }
 
+template <typename Index>
+void direct_layer_index(const BlockPlan& plan, int k, const DirectScratch& s, int64_t j_begin, int64_t j_end) {
+  switch (plan.lut_inputs) {
+    case 1: return direct_layer_n<1, Index>(plan, k, s, j_begin, j_end);
+    case 2: return direct_layer_n<2, Index>(plan, k, s, j_begin, j_end);
+    case 3: return direct_layer_n<3, Index>(plan, k, s, j_begin, j_end);
+    case 4: return direct_layer_n<4, Index>(plan, k, s, j_begin, j_end);
+    case 5: return direct_layer_n<5, Index>(plan, k, s, j_begin, j_end);
+    case 6: return direct_layer_n<6, Index>(plan, k, s, j_begin, j_end);
+    case 7: return direct_layer_n<7, Index>(plan, k, s, j_begin, j_end);
+    default: return direct_layer_n<8, Index>(plan, k, s, j_begin, j_end);
+  }
+}
+
 void direct_layer(const BlockPlan& plan, int k, void* scratch, int64_t j_begin, int64_t j_end) {
   const DirectScratch s = direct_scratch(plan, scratch);
-  switch (plan.lut_inputs) {
-    case 1: return direct_layer_n<1>(plan, k, s, j_begin, j_end);
-    case 2: return direct_layer_n<2>(plan, k, s, j_begin, j_end);
-    case 3: return direct_layer_n<3>(plan, k, s, j_begin, j_end);
-    case 4: return direct_layer_n<4>(plan, k, s, j_begin, j_end);
-    case 5: return direct_layer_n<5>(plan, k, s, j_begin, j_end);
-    case 6: return direct_layer_n<6>(plan, k, s, j_begin, j_end);
-    case 7: return direct_layer_n<7>(plan, k, s, j_begin, j_end);
-    default: return direct_layer_n<8>(plan, k, s, j_begin, j_end);
-  }
+  if (plan.direct_mapping16 != nullptr) return direct_layer_index<uint16_t>(plan, k, s, j_begin, j_end);
+  return direct_layer_index<int32_t>(plan, k, s, j_begin, j_end);
 }
 
 // Spec 3.3 (last layer) + 3.4 + 3.5 for outputs [o_begin, o_end) of token m, 16 at a time: the block's
 // G * 16 LUT bytes, then acc = bias + sum over g of (-bit) & value, dequantized into Y's row.
-template <int N>
+template <int N, typename Index>
 void direct_outputs_n(const BlockPlan& plan, const DirectScratch& s, float* y_row, int64_t o_begin, int64_t o_end) {
   constexpr int kWords = N <= 6 ? 1 : (1 << N) / 64;
   const int k = plan.num_layers - 1;
@@ -130,7 +145,7 @@ void direct_outputs_n(const BlockPlan& plan, const DirectScratch& s, float* y_ro
   const int64_t block_rows = 16 * g_size;
   for (int64_t o0 = o_begin; o0 < o_end; o0 += 16) {
     const int64_t first = plan.direct_row_offsets[k] + o0 * g_size;
-    const int32_t* map = plan.direct_mapping + first * N;
+    const Index* map = direct_map<Index>(plan) + first * N;
     const uint64_t* table = plan.direct_tables + first * kWords;
     int32_t* bits = s.bits + o0 * g_size;
     for (int64_t p = 0; p < block_rows; ++p) bits[p] = static_cast<int32_t>(direct_lut<N>(in, map + p * N, table + p * kWords));
@@ -147,22 +162,28 @@ void direct_outputs_n(const BlockPlan& plan, const DirectScratch& s, float* y_ro
   }
 }
 
+template <typename Index>
+void direct_outputs_index(const BlockPlan& plan, const DirectScratch& s, float* y_row, int64_t o_begin, int64_t o_end) {
+  switch (plan.lut_inputs) {
+    case 1: return direct_outputs_n<1, Index>(plan, s, y_row, o_begin, o_end);
+    case 2: return direct_outputs_n<2, Index>(plan, s, y_row, o_begin, o_end);
+    case 3: return direct_outputs_n<3, Index>(plan, s, y_row, o_begin, o_end);
+    case 4: return direct_outputs_n<4, Index>(plan, s, y_row, o_begin, o_end);
+    case 5: return direct_outputs_n<5, Index>(plan, s, y_row, o_begin, o_end);
+    case 6: return direct_outputs_n<6, Index>(plan, s, y_row, o_begin, o_end);
+    case 7: return direct_outputs_n<7, Index>(plan, s, y_row, o_begin, o_end);
+    default: return direct_outputs_n<8, Index>(plan, s, y_row, o_begin, o_end);
+  }
+}
+
 void direct_outputs(const BlockPlan& plan, float* y, int64_t m, int64_t count, int64_t o_begin, int64_t o_end,
                     const void* shared, void* own) {
   (void)count;  // always one token
   (void)own;    // no staging: each task writes its outputs' part of the row
   const DirectScratch s = direct_scratch(plan, const_cast<void*>(shared));
   float* y_row = y + m * static_cast<int64_t>(plan.out_features);
-  switch (plan.lut_inputs) {
-    case 1: return direct_outputs_n<1>(plan, s, y_row, o_begin, o_end);
-    case 2: return direct_outputs_n<2>(plan, s, y_row, o_begin, o_end);
-    case 3: return direct_outputs_n<3>(plan, s, y_row, o_begin, o_end);
-    case 4: return direct_outputs_n<4>(plan, s, y_row, o_begin, o_end);
-    case 5: return direct_outputs_n<5>(plan, s, y_row, o_begin, o_end);
-    case 6: return direct_outputs_n<6>(plan, s, y_row, o_begin, o_end);
-    case 7: return direct_outputs_n<7>(plan, s, y_row, o_begin, o_end);
-    default: return direct_outputs_n<8>(plan, s, y_row, o_begin, o_end);
-  }
+  if (plan.direct_mapping16 != nullptr) return direct_outputs_index<uint16_t>(plan, s, y_row, o_begin, o_end);
+  return direct_outputs_index<int32_t>(plan, s, y_row, o_begin, o_end);
 }
 
 // Tokens [begin, begin + count) one after the other on one thread.

@@ -51,15 +51,12 @@ QUWEIT_INLINE int16_t quantize(float x, float scale, float qmin, float qmax) {
 }
 
 // The same for kLanes elements at once (bit for bit: the same operations, lane by lane).
-QUWEIT_INLINE Shorts quantize(Floats x, Floats scale, float qmin, float qmax) {
-  Floats p = x * scale;
-  const Lanes is_number = p == p;
-  p = (Floats)((Lanes)p & is_number);  // NaN -> +0
-  const Floats low = Floats{} + qmin, high = Floats{} + qmax;
-  const Lanes below = p < low, above = p > high;
-  p = (Floats)(((Lanes)p & ~below) | ((Lanes)low & below));
-  p = (Floats)(((Lanes)p & ~above) | ((Lanes)high & above));
+QUWEIT_INLINE Shorts quantize(Floats x, Floats scale, Floats qmin, Floats qmax) {
   const Floats magic = Floats{} + 12582912.0f;
+  Floats p = x * scale;
+  p = p == p ? p : Floats{};  // NaN -> +0
+  p = p < qmin ? qmin : p;
+  p = p > qmax ? qmax : p;
   return __builtin_convertvector(__builtin_convertvector((p + magic) - magic, Lanes), Shorts);
 }
 

@@ -7,6 +7,7 @@
 #define QUWEIT_LANES 8
 #define QUWEIT_BYTE_TOKENS 32
 #define QUWEIT_NATIVE_TRANSPOSE
+#define QUWEIT_PATTERN_SUMS
 #include "simd_common.h"
 
 namespace quweit {
@@ -67,6 +68,15 @@ QUWEIT_INLINE void add_pattern_sums(Bytes pattern, const uint8_t* planes, Lanes*
   acc[3] += (Lanes)_mm256_unpackhi_epi16(w01h, w23h);
 }
 
+// 32 bits (bit m = token m) -> byte m = 0xFF when bit m is set: each byte of the word is copied to the
+// 8 bytes of its tokens (within 128-bit lanes), then each byte tests its own bit.
+QUWEIT_INLINE Bytes expand_bits(uint32_t word) {
+  const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(word)),
+                                             _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+  const __m256i select = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201));
+  return (Bytes)_mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
+}
+
 // 8 x 8 floats: rows[i] lane j -> rows[j] lane i (unpack, shuffle within 128-bit lanes, then swap halves).
 QUWEIT_INLINE void transpose(Floats rows[8]) {
   __m256 t[8], u[8];
@@ -89,6 +99,7 @@ QUWEIT_INLINE void transpose(Floats rows[8]) {
 }  // namespace avx2
 }  // namespace quweit
 
+#include "tile_io_impl.h"
 #include "bitslice_eval_impl.h"
 #include "byteslice_eval_impl.h"
 #include "direct_eval_impl.h"

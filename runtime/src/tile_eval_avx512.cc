@@ -19,6 +19,7 @@ QUWEIT_INLINE uint64_t gt_mask64(const int16_t* q, int16_t threshold) {
 }  // namespace avx512
 }  // namespace quweit
 
+#include "tile_io_impl.h"
 #include "bitslice_eval_impl.h"
 
 namespace quweit {

@@ -78,6 +78,7 @@ QUWEIT_INLINE void add_pattern_sums(Bytes pattern, const uint8_t* planes, Lanes*
 }  // namespace generic
 }  // namespace quweit
 
+#include "tile_io_impl.h"
 #include "bitslice_eval_impl.h"
 #include "byteslice_eval_impl.h"
 #include "direct_eval_impl.h"
