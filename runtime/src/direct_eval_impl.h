@@ -50,10 +50,9 @@ QUWEIT_INLINE DirectScratch direct_scratch(const BlockPlan& plan, void* scratch)
 }
 
 // Spec 3.1 + 3.2 for token `m`: quantize its row kLanes features at a time, then compare kByteTokens
-// features with their t-th thresholds at once and store the n shifted copies of the result.
-void direct_encode(const BlockPlan& plan, const float* x, int64_t m, int64_t count, void* scratch) {
-  (void)count;  // always one token
-  const DirectScratch s = direct_scratch(plan, scratch);
+// features with their t-th thresholds at once and store the N shifted copies of the result.
+template <int N>
+void direct_encode_n(const BlockPlan& plan, const float* x, int64_t m, const DirectScratch& s) {
   const int d_in = plan.in_features;
   const int features = plan.direct_features;
   const float* row = x + m * static_cast<int64_t>(d_in);
@@ -71,9 +70,23 @@ void direct_encode(const BlockPlan& plan, const float* x, int64_t m, int64_t cou
     uint8_t* bits = s.copies[0] + static_cast<int64_t>(t) * features;
     for (int i0 = 0; i0 < features; i0 += kByteTokens) {
       const Bytes set = gt_bytes(s.q + i0, thresholds + i0);  // 0xFF or 0 (AVX2 has no byte shifts)
-      for (int l = 0; l < plan.lut_inputs; ++l)
-        *reinterpret_cast<Bytes*>(bits + l * copy + i0) = set & static_cast<uint8_t>(1 << l);
+      for (int l = 0; l < N; ++l) *reinterpret_cast<Bytes*>(bits + l * copy + i0) = set & static_cast<uint8_t>(1 << l);
     }
+  }
+}
+
+void direct_encode(const BlockPlan& plan, const float* x, int64_t m, int64_t count, void* scratch) {
+  (void)count;  // always one token
+  const DirectScratch s = direct_scratch(plan, scratch);
+  switch (plan.lut_inputs) {
+    case 1: return direct_encode_n<1>(plan, x, m, s);
+    case 2: return direct_encode_n<2>(plan, x, m, s);
+    case 3: return direct_encode_n<3>(plan, x, m, s);
+    case 4: return direct_encode_n<4>(plan, x, m, s);
+    case 5: return direct_encode_n<5>(plan, x, m, s);
+    case 6: return direct_encode_n<6>(plan, x, m, s);
+    case 7: return direct_encode_n<7>(plan, x, m, s);
+    default: return direct_encode_n<8>(plan, x, m, s);
   }
 }
 
@@ -105,6 +118,7 @@ void direct_layer_n(const BlockPlan& plan, int k, const DirectScratch& s, int64_
   const uint8_t* in = s.copies[k % 2];
   uint8_t* out = s.copies[(k + 1) % 2];
   const int64_t first = plan.direct_row_offsets[k];
+#pragma GCC unroll 8
   for (int64_t j = j_begin; j < j_end; ++j)
     out[j] = static_cast<uint8_t>(direct_lut<N>(in, direct_map<Index>(plan) + (first + j) * N, plan.direct_tables + (first + j) * kWords));
   const int64_t copy = plan.direct_copy_bytes[k + 1];
@@ -148,6 +162,7 @@ void direct_outputs_n(const BlockPlan& plan, const DirectScratch& s, float* y_ro
     const Index* map = direct_map<Index>(plan) + first * N;
     const uint64_t* table = plan.direct_tables + first * kWords;
     int32_t* bits = s.bits + o0 * g_size;
+#pragma GCC unroll 8  // fewer loop instructions per LUT (about 21 -> 17)
     for (int64_t p = 0; p < block_rows; ++p) bits[p] = static_cast<int32_t>(direct_lut<N>(in, map + p * N, table + p * kWords));
     Ints16 acc = *reinterpret_cast<const Ints16*>(plan.direct_bias + o0);
     const int32_t* values = plan.direct_values + o0 * g_size;
