@@ -1,8 +1,9 @@
 """Where each evaluation path of the kernel is fastest: the measurement behind the crossover constants
 of runtime/src/custom_op.cc (kDirectMaxTokens, kByteSliceMaxTokens).
 
-For a few block shapes (the converter's default for 384 features, and variants with other LUT widths
-and two layers), one session per path is created with the path forced (QUWEIT_KERNEL_PATH=direct,
+For block shapes of 384 features, 8 thresholds per feature and 8 LUTs per output with every LUT width
+n = 1..8 (n = 6 is the converter's default), and the default with a hidden layer, one session per path
+is created with the path forced (QUWEIT_KERNEL_PATH=direct,
 byteslice, bitslice; read at kernel creation), and their runs alternate at each token count on 1
 thread. Each run is followed by one on an empty batch whose median (the fixed cost of a run) is
 subtracted, as in bench/kernel.py. Reported per shape: the median op time of each path at each count,
@@ -23,13 +24,9 @@ from _common import alternate_timings, finish, refuse_to_clobber
 from kernel import cpu_name, isa_in_use
 
 PATHS = ("direct", "byteslice", "bitslice")
-TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+TOKENS = (1, 2, 3, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 #: name -> (in/out features, thresholds per feature, LUT inputs, LUTs per output, hidden layer sizes)
-SHAPES = {
-    "default_384": (384, 8, 6, 8, ()),
-    "lut4_384": (384, 8, 4, 8, ()),
-    "two_layers_384": (384, 8, 6, 8, (1536,)),
-}
+SHAPES = {f"lut{n}_384": (384, 8, n, 8, ()) for n in range(1, 9)} | {"lut6_384_two_layers": (384, 8, 6, 8, (1536,))}
 
 
 def shape_params(name: str):

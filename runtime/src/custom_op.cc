@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <new>
@@ -56,10 +57,12 @@ const IsaKernels& select_isa(const std::string& node) {
   return generic_kernels();
 }
 
-// Token counts up to which the direct path, then the byte-sliced path, are the fastest
-// (bench/crossover.py; results/crossover.json).
-constexpr int64_t kDirectMaxTokens = 2;
-constexpr int64_t kByteSliceMaxTokens = 96;
+// Largest token counts for which the direct path, then the byte-sliced path, are the fastest, by LUT
+// width n (python bench/crossover.py -> bench/results/crossover.json: each path forced, n = 1..8, 1 to
+// 512 tokens, 1 thread, AVX2). Byte shuffles cost about the same for every n while bit-sliced mux
+// trees grow with 2^n, so the byte-sliced range grows with n; for n = 8 it was faster at every count.
+constexpr int64_t kDirectMaxTokens[9] = {0, 4, 2, 3, 3, 2, 2, 2, 2};
+constexpr int64_t kByteSliceMaxTokens[9] = {0, 4, 32, 32, 32, 32, 192, 384, INT64_MAX};
 
 // A single tile is split among threads only when each task gets at least this many LUT evaluations:
 // below that, waking pool threads costs more than it saves (bench/crossover.py).
@@ -256,8 +259,9 @@ struct WeightlessBlockKernel {
       case PathChoice::kBitSlice: return nullptr;
       case PathChoice::kByTokens: break;
     }
-    if (tokens <= kDirectMaxTokens && direct_offered) return isa_.direct;
-    if (tokens <= kByteSliceMaxTokens) return isa_.byteslice;
+    const int n = plan_.lut_inputs;
+    if (tokens <= kDirectMaxTokens[n] && direct_offered) return isa_.direct;
+    if (tokens <= kByteSliceMaxTokens[n]) return isa_.byteslice;
     return nullptr;
   }
 
