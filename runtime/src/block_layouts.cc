@@ -66,6 +66,7 @@ void derive_direct_layout(const BlockParams& params, DerivedLayouts& out) {
   for (int64_t k = 0; k < layers; ++k) widest = n * copy_bytes[k] > widest ? n * copy_bytes[k] : widest;
   if (widest <= 65536) {
     out.direct_mapping16.assign(out.direct_mapping.begin(), out.direct_mapping.end());
+    out.direct_mapping16.resize(out.direct_mapping16.size() + 4, 0);  // rows are read 8 bytes at a time
     out.direct_mapping = std::vector<int32_t>();
   }
 }

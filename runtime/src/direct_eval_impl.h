@@ -98,11 +98,27 @@ QUWEIT_INLINE const int32_t* direct_map<int32_t>(const BlockPlan& plan) { return
 template <>
 QUWEIT_INLINE const uint16_t* direct_map<uint16_t>(const BlockPlan& plan) { return plan.direct_mapping16; }
 
+// Offset l of a row: uint16 rows are read four offsets per 8-byte load (fewer loads per LUT; the array
+// is padded so the last row's read stays inside it).
+template <int N>
+QUWEIT_INLINE void load_offsets(const uint16_t* map, uint32_t* offsets) {
+  uint64_t words[(N + 3) / 4];
+  __builtin_memcpy(words, map, sizeof(words));
+  for (int l = 0; l < N; ++l) offsets[l] = static_cast<uint32_t>(words[l / 4] >> (16 * (l % 4))) & 0xFFFFu;
+}
+
+template <int N>
+QUWEIT_INLINE void load_offsets(const int32_t* map, uint32_t* offsets) {
+  for (int l = 0; l < N; ++l) offsets[l] = static_cast<uint32_t>(map[l]);
+}
+
 // Spec 3.3 for one LUT: address = OR of the slots' pre-shifted bytes, output = that bit of the table.
 template <int N, typename Index>
 QUWEIT_INLINE uint32_t direct_lut(const uint8_t* copies, const Index* map, const uint64_t* table) {
-  uint32_t address = copies[map[0]];
-  for (int l = 1; l < N; ++l) address |= copies[map[l]];
+  uint32_t offsets[N];
+  load_offsets<N>(map, offsets);
+  uint32_t address = copies[offsets[0]];
+  for (int l = 1; l < N; ++l) address |= copies[offsets[l]];
   if constexpr (N <= 6) {
     return static_cast<uint32_t>(table[0] >> address) & 1u;
   } else {
