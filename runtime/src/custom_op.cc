@@ -64,8 +64,10 @@ const IsaKernels& select_isa(const std::string& node) {
 constexpr int64_t kDirectMaxTokens[9] = {0, 4, 2, 3, 3, 2, 2, 2, 2};
 constexpr int64_t kByteSliceMaxTokens[9] = {0, 4, 32, 32, 32, 32, 192, 384, INT64_MAX};
 
-// A single tile is split among threads only when each task gets at least this many LUT evaluations:
-// below that, waking pool threads costs more than it saves (bench/crossover.py).
+// A single tile (one decode token; up to 32 byte-sliced tokens) is shared among threads only when each
+// task gets at least this many LUT evaluations, a few microseconds of work: about what handing a task
+// to an awake pool thread costs. The 2-thread rows of bench/kernel.py at 1 and 16 tokens show whether
+// it pays on a machine (with sleeping or busy pool threads the calling thread simply runs every task).
 constexpr int64_t kMinLutsPerTask = 768;
 
 // The evaluation path: QUWEIT_KERNEL_PATH=direct|byteslice|bitslice forces one for every token count
@@ -212,8 +214,8 @@ struct WeightlessBlockKernel {
       if (tokens == 0) return Ort::Status{nullptr};
       const PathKernels* path = choose_path(tokens);
       if (path != nullptr) {
-        if (evaluate_path(context, *path, x.Data(), out, tokens)) return Ort::Status{nullptr};
-        throw std::bad_alloc();
+        evaluate_path(context, *path, x.Data(), out, tokens);
+        return Ort::Status{nullptr};
       }
       const int words = tile_words(tokens, isa_.max_words);
       TileJob job;
@@ -265,9 +267,9 @@ struct WeightlessBlockKernel {
     return nullptr;
   }
 
-  // False when out of memory. Several tiles: one task per tile. One tile: its hidden layers' LUTs and
-  // its outputs are shared among threads when there are enough of them.
-  bool evaluate_path(OrtKernelContext* context, const PathKernels& path, const float* x, float* y,
+  // Several tiles: one task per tile. One tile: its hidden layers' LUTs and its outputs are shared
+  // among threads when there are enough of them. Throws std::bad_alloc when out of memory.
+  void evaluate_path(OrtKernelContext* context, const PathKernels& path, const float* x, float* y,
                      int64_t tokens) const {
     const size_t bytes = path.scratch_bytes(plan_);
     const int64_t g_size = plan_.group_size;
@@ -282,10 +284,10 @@ struct WeightlessBlockKernel {
       job.tile_tokens = path.tokens;
       job.scratch_bytes = bytes;
       run_tiles(context, job);
-      return true;
+      return;
     }
     void* shared = thread_scratch(bytes);
-    if (shared == nullptr) return false;
+    if (shared == nullptr) throw std::bad_alloc();
     {
       ExactFloatMode exact;
       path.encode(plan_, x, 0, tokens, shared);
@@ -309,7 +311,7 @@ struct WeightlessBlockKernel {
         kernel_context.ParallelFor(&run_split_task, tasks, 0, &job);
       }
     }
-    return !job.out_of_memory;
+    if (job.out_of_memory) throw std::bad_alloc();
   }
 
   BlockParams params_;
