@@ -24,7 +24,7 @@ SOURCE_DIR = Path(__file__).resolve().parent / "src"
 VENDORED_INCLUDE = Path(__file__).resolve().parent / "third_party" / "onnxruntime" / "include"
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 #: The AVX2/AVX-512 evaluators exist on x86-64 only; elsewhere the portable one is the whole kernel.
-SOURCES = ("custom_op.cc", "block_params.cc", "tile_eval_generic.cc") + (
+SOURCES = ("custom_op.cc", "block_params.cc", "block_layouts.cc", "tile_eval_generic.cc") + (
     ("tile_eval_avx2.cc", "tile_eval_avx512.cc") if X86_64 else ())
 ISA_FLAGS = {
     "tile_eval_avx2.cc": ["-mavx2"],
