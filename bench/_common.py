@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import subprocess
 import tempfile
 import time
 
@@ -38,6 +40,26 @@ def record_timings(results: dict, timings: dict, baseline: str, candidate: str, 
         results[f"{kind}_min_ms_{key}"] = timings[f"{kind}_min"] * 1e3
     results[f"{ratio}_{key}"] = timings[baseline] / timings[candidate]
     results[f"{ratio}_of_min_{key}"] = timings[f"{baseline}_min"] / timings[f"{candidate}_min"]
+
+
+def git_commit() -> str:
+    """The checkout's commit (with `-dirty` when files differ from it), or `unknown` outside git."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def cpu_name() -> str:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
 def refuse_to_clobber(path: str, force: bool) -> None:

@@ -75,8 +75,8 @@ class LutLayerEFD(torch.autograd.Function):
         grad_bits = None
         if ctx.needs_input_grad[0]:
             matrix = _efd_matrix_cached(ctx.lut_inputs).to(tables.dtype)
-            per_address = torch.einsum("lak,rk->ral", matrix, tables).reshape(rows * entries, -1)
-            picked = torch.index_select(per_address, 0, flat.reshape(-1)).reshape(*flat.shape, -1)
+            per_address = torch.einsum("lak,rk->ral", matrix, tables).reshape(rows * entries, ctx.lut_inputs)
+            picked = torch.index_select(per_address, 0, flat.reshape(-1)).reshape(*flat.shape, ctx.lut_inputs)
             grad_bits = grad[..., None] * picked
         return grad_bits, grad_tables
 

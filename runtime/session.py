@@ -1,36 +1,13 @@
-"""Locating the built kernel library and creating onnxruntime sessions that use it."""
+"""Creating onnxruntime sessions that use the kernel library."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence, Union
 
 import onnxruntime as ort
 
-LIBRARY_NAME = "libquweit_ort.so"
-#: Overrides the library location (e.g. a sanitizer build); must name an existing file.
-LIBRARY_ENV = "QUWEIT_ORT_LIBRARY"
-
-
-class LibraryNotBuiltError(FileNotFoundError):
-    """The kernel library is missing: the package was installed without its native build."""
-
-
-def get_library_path() -> str:
-    """Absolute path of `libquweit_ort.so`, for `SessionOptions.register_custom_ops_library`."""
-    override = os.environ.get(LIBRARY_ENV)
-    if override:
-        path = Path(override)
-        if not path.is_file():
-            raise LibraryNotBuiltError(f"{LIBRARY_ENV}={override} does not name a file")
-        return str(path.resolve())
-    path = Path(__file__).resolve().parent / LIBRARY_NAME
-    if not path.is_file():
-        raise LibraryNotBuiltError(
-            f"{path} is missing: build it with `pip install .` (or `pip install -e .`) from the quweit source tree"
-        )
-    return str(path)
+from .libraries import get_library_path
 
 
 def session_options(threads: int | None = None, options: ort.SessionOptions | None = None) -> ort.SessionOptions:

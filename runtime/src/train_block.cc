@@ -1,0 +1,445 @@
+// Fused training ops of WeightlessBlock (forward with saved LUT addresses; EFD backward), the native path of
+// the torch shim (custom_ops/fused_training.py). The per-stage torch path materialises every slot bit as a
+// float ([B, L * n]) and gathers/scatters it several times; here each token's bits stay in a small buffer and
+// the backward reads one byte per (token, LUT).
+//
+// Work is split into tasks whose outputs are disjoint, each computed in a fixed order by one thread:
+// token chunks (forward, input gradients) and LUT blocks (table, value and bias gradients, each summed over
+// the tokens in token order). Results are therefore the same for any thread count.
+#include "train_block.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cfloat>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kTokenChunk = 32;  // tokens per task of the token-parallel passes
+constexpr int kLutBlock = 64;        // LUTs per task of the table-gradient pass (their rows stay in L1/L2)
+constexpr int kOutputBlock = 64;     // outputs per task of the bias-gradient pass
+
+struct Failure {
+  std::string message;
+};
+
+// Derived sizes of a validated block.
+struct Shape {
+  int64_t tokens = 0;
+  int in_features = 0, thresholds = 0, n = 0, layers = 0, out_features = 0, group = 0;
+  int entries = 0;  // 2^n
+  int words = 0;    // 64-bit words per packed sign table
+  std::vector<int> width;  // width[0] = N_0 = D_in * T, width[k + 1] = L_k
+  int max_width = 0;
+  int lut_count(int k) const { return width[k + 1]; }
+};
+
+Shape validate(const QuweitTrainBlock* b) {
+  if (!b) throw Failure{"block is null"};
+  Shape s;
+  s.tokens = b->tokens;
+  s.in_features = b->in_features;
+  s.thresholds = b->thresholds_per_feature;
+  s.n = b->lut_inputs;
+  s.layers = b->num_layers;
+  s.out_features = b->out_features;
+  s.group = b->group_size;
+  if (s.tokens < 0) throw Failure{"tokens must be >= 0, got " + std::to_string(s.tokens)};
+  if (s.n < 1 || s.n > 8) throw Failure{"lut_inputs must be in 1..8, got " + std::to_string(s.n)};
+  if (s.in_features < 1 || s.thresholds < 1 || s.layers < 1 || s.out_features < 1 || s.group < 1)
+    throw Failure{"in_features, thresholds_per_feature, num_layers, out_features, group_size must be >= 1"};
+  if (!b->layer_sizes || !b->input_scale || !b->thresholds || !b->surrogate_width || !b->mapping || !b->tables ||
+      !b->values || !b->bias)
+    throw Failure{"a parameter pointer is null"};
+  s.entries = 1 << s.n;
+  s.words = std::max(1, s.entries / 64);
+  s.width.push_back(s.in_features * s.thresholds);
+  for (int k = 0; k < s.layers; ++k) {
+    if (b->layer_sizes[k] < 1) throw Failure{"layer " + std::to_string(k) + " has no LUTs"};
+    if (!b->mapping[k] || !b->tables[k]) throw Failure{"layer " + std::to_string(k) + ": null mapping or tables"};
+    s.width.push_back(b->layer_sizes[k]);
+  }
+  if (static_cast<int64_t>(s.width.back()) != static_cast<int64_t>(s.out_features) * s.group)
+    throw Failure{"last layer has " + std::to_string(s.width.back()) + " LUTs, not out_features * group_size"};
+  s.max_width = *std::max_element(s.width.begin(), s.width.end());
+  return s;
+}
+
+// Every mapping index must name a bit of the layer's input (checked per forward: the buffers are mutable).
+void check_mapping(const QuweitTrainBlock* b, const Shape& s) {
+  for (int k = 0; k < s.layers; ++k) {
+    const int64_t count = static_cast<int64_t>(s.lut_count(k)) * s.n;
+    const int32_t* m = b->mapping[k];
+    for (int64_t i = 0; i < count; ++i) {
+      if (m[i] < 0 || m[i] >= s.width[k])
+        throw Failure{"mapping of layer " + std::to_string(k) + ": entry " + std::to_string(i) + " is " +
+                      std::to_string(m[i]) + ", outside [0, " + std::to_string(s.width[k]) + ")"};
+    }
+  }
+}
+
+// Runs fn(task) for task in [0, tasks) on up to `threads` threads; tasks are taken in order from a shared
+// counter. Each task writes only its own outputs, so which thread runs it does not change the result.
+template <typename Fn>
+void parallel_tasks(int64_t tasks, int threads, const Fn& fn) {
+  const int64_t workers = std::min<int64_t>(std::max(threads, 1), tasks);
+  if (workers <= 1) {
+    for (int64_t task = 0; task < tasks; ++task) fn(task);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+  auto work = [&]() {
+    try {
+      for (int64_t task = next++; task < tasks && !failed; task = next++) fn(task);
+    } catch (...) {
+      if (!failed.exchange(true)) error = std::current_exception();
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(workers - 1);
+  for (int64_t w = 1; w < workers; ++w) pool.emplace_back(work);
+  work();
+  for (auto& thread : pool) thread.join();
+  if (error) std::rethrow_exception(error);
+}
+
+// Table signs, bit-packed: bit a of row r is `tables[r, a] > 0` (NaN -> 0), as the forward reads them.
+std::vector<uint64_t> pack_signs(const float* table, int rows, const Shape& s) {
+  std::vector<uint64_t> packed(static_cast<size_t>(rows) * s.words, 0);
+  for (int r = 0; r < rows; ++r) {
+    const float* row = table + static_cast<int64_t>(r) * s.entries;
+    uint64_t* out = packed.data() + static_cast<size_t>(r) * s.words;
+    for (int a = 0; a < s.entries; ++a) out[a >> 6] |= static_cast<uint64_t>(row[a] > 0.0f) << (a & 63);
+  }
+  return packed;
+}
+
+
+// Spec 3.1-3.2 as the shim computes them in float32: q = clamp(round(x * scale)) (NaN -> 0), bit = q > thr.
+void thermometer(const QuweitTrainBlock* b, const Shape& s, const float* x, uint8_t* bits) {
+  for (int i = 0; i < s.in_features; ++i) {
+    const float p = x[i] * b->input_scale[i];
+    float q = std::nearbyint(p);  // round half to even (default rounding mode)
+    q = std::isnan(q) ? 0.0f : std::min(std::max(q, b->qmin), b->qmax);
+    const float* thr = b->thresholds + static_cast<int64_t>(i) * s.thresholds;
+    uint8_t* out = bits + static_cast<int64_t>(i) * s.thresholds;
+    for (int t = 0; t < s.thresholds; ++t) out[t] = q > thr[t];
+  }
+}
+
+// The surrogate gradient of the thermometer (torch_block.Thermometer.backward), per token.
+void thermometer_backward(const QuweitTrainBlock* b, const Shape& s, const float* x, const float* grad_bits,
+                          float* grad_x) {
+  for (int i = 0; i < s.in_features; ++i) {
+    const float scale = b->input_scale[i];
+    const float p = x[i] * scale;
+    const bool nan = std::isnan(p);
+    const float finite = nan ? 0.0f : std::isinf(p) ? std::copysign(FLT_MAX, p) : p;  // torch.nan_to_num
+    const float width = b->surrogate_width[i];
+    const float* thr = b->thresholds + static_cast<int64_t>(i) * s.thresholds;
+    const float* g = grad_bits + static_cast<int64_t>(i) * s.thresholds;
+    float total = 0.0f;
+    for (int t = 0; t < s.thresholds; ++t) {
+      const float distance = finite - (thr[t] + 0.5f);
+      float slope = 1.0f - std::fabs(distance) / width;
+      slope = (slope < 0.0f ? 0.0f : slope) / width;
+      total += g[t] * (nan ? 0.0f : slope);
+    }
+    grad_x[i] = total * scale;
+  }
+}
+
+// The per-(token, LUT) loops, compiled for each LUT width N so the slot loops unroll.
+template <int N>
+struct Lut {
+  static constexpr int kEntries = 1 << N;
+  static constexpr int kWords = kEntries > 64 ? kEntries / 64 : 1;
+
+  static inline uint8_t sign(const uint64_t* __restrict packed, int64_t row, unsigned a) {
+    if constexpr (kWords == 1) return static_cast<uint8_t>((packed[row] >> a) & 1u);
+    return static_cast<uint8_t>((packed[row * kWords + (a >> 6)] >> (a & 63)) & 1u);
+  }
+
+  // One token through one layer: each LUT's address (slot l -> address bit l) and output bit.
+  static void forward(const uint8_t* __restrict in, const int32_t* __restrict map, const uint64_t* __restrict sign_bits,
+                      int luts, uint8_t* __restrict address, uint8_t* __restrict out) {
+    for (int r = 0; r < luts; ++r) {
+      const int32_t* m = map + static_cast<int64_t>(r) * N;
+      unsigned a = 0;
+#pragma GCC unroll 8
+      for (int l = 0; l < N; ++l) a |= static_cast<unsigned>(in[m[l]]) << l;
+      address[r] = static_cast<uint8_t>(a);
+      out[r] = sign(sign_bits, r, a);
+    }
+  }
+
+  // One token's input-bit gradients of one layer: dst[map[r, l]] += g[r] * weight[r, address[r], l], in
+  // (LUT, slot) order. dst must be zeroed.
+  static void input_grad(const float* __restrict g, const uint8_t* __restrict address, const int32_t* __restrict map,
+                         const float* __restrict weight, int luts, float* __restrict dst) {
+    for (int r = 0; r < luts; ++r) {
+      const float gr = g[r];
+      const float* w = weight + (static_cast<int64_t>(r) * kEntries + address[r]) * N;
+      const int32_t* m = map + static_cast<int64_t>(r) * N;
+#pragma GCC unroll 8
+      for (int l = 0; l < N; ++l) dst[m[l]] += gr * w[l];
+    }
+  }
+};
+
+template <int N>
+void forward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, float* acc, uint8_t* const* addresses,
+               int threads) {
+  std::vector<std::vector<uint64_t>> signs;
+  for (int k = 0; k < s.layers; ++k) signs.push_back(pack_signs(b->tables[k], s.lut_count(k), s));
+  const int64_t tasks = (s.tokens + kTokenChunk - 1) / kTokenChunk;
+  parallel_tasks(tasks, threads, [&](int64_t task) {
+    std::vector<uint8_t> current(s.max_width), next(s.max_width);
+    const int64_t end = std::min(s.tokens, (task + 1) * kTokenChunk);
+    const float* values = b->values;
+    const float* bias = b->bias;
+    for (int64_t t = task * kTokenChunk; t < end; ++t) {
+      thermometer(b, s, x + t * s.in_features, current.data());
+      for (int k = 0; k < s.layers; ++k) {
+        const int luts = s.lut_count(k);
+        Lut<N>::forward(current.data(), b->mapping[k], signs[k].data(), luts, addresses[k] + t * luts, next.data());
+        std::swap(current, next);
+      }
+      // Conditional sum: integer-valued terms summed in double (exact below 2^53), rounded to float32 once,
+      // as the op's integer accumulator converts (spec 3.5). bit * value keeps the shim's NaN/inf behaviour.
+      float* out = acc + t * s.out_features;
+      const uint8_t* bits = current.data();
+      for (int o = 0; o < s.out_features; ++o) {
+        const int64_t first = static_cast<int64_t>(o) * s.group;
+        double total = 0.0;
+        for (int g = 0; g < s.group; ++g)
+          total += static_cast<double>(bits[first + g]) * static_cast<double>(values[first + g]);
+        out[o] = static_cast<float>(total + static_cast<double>(bias[o]));
+      }
+    }
+  });
+}
+
+template <int N>
+void backward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, const uint8_t* const* addresses,
+                const float* const* per_address, const float* grad_acc, float* grad_x, float* const* grad_tables,
+                float* grad_values, float* grad_bias, int threads) {
+  constexpr int E = Lut<N>::kEntries;
+  const int top = s.layers - 1;
+  const int64_t top_luts = s.lut_count(top);
+  const int group = s.group, outputs = s.out_features;
+  const float* values = b->values;
+  // needs_input[k]: the gradient of layer k's input bits is wanted (for x, or for a lower layer's tables).
+  std::vector<bool> needs_input(s.layers, false);
+  bool below = grad_x != nullptr;
+  for (int k = 0; k < s.layers; ++k) {
+    needs_input[k] = below;
+    below = below || (grad_tables && grad_tables[k]);
+  }
+  int lowest = s.layers;  // lowest layer whose input gradient is needed
+  for (int k = s.layers - 1; k >= 0 && needs_input[k]; --k) lowest = k;
+  for (int k = lowest; k < s.layers; ++k)
+    if (!per_address || !per_address[k]) throw Failure{"per_address of layer " + std::to_string(k) + " is null"};
+
+  // The gradient of LUT layer k's output bits, [B, L_k], stored for the hidden layers that need it; the top
+  // layer's is grad_acc[t, o] * values[j], formed where it is used (the shim's `grouped * values` backward).
+  std::vector<std::vector<float>> hidden_grad(s.layers);
+  for (int k = std::max(lowest - 1, 0); k < top; ++k) hidden_grad[k].resize(s.tokens * s.lut_count(k));
+
+  // Pass 1, over token chunks: input-bit gradients layer by layer down (EFD; the contributions to each bit in
+  // (LUT, slot) order, as the shim's index_add_ adds them), then the thermometer's surrogate to x.
+  if (lowest < s.layers) {
+    const int64_t tasks = (s.tokens + kTokenChunk - 1) / kTokenChunk;
+    parallel_tasks(tasks, threads, [&](int64_t task) {
+      std::vector<float> top_row(top_luts), bit_row(lowest == 0 ? s.width[0] : 0);
+      const int64_t end = std::min(s.tokens, (task + 1) * kTokenChunk);
+      for (int64_t t = task * kTokenChunk; t < end; ++t) {
+        const float* ga = grad_acc + t * outputs;
+        for (int o = 0, j = 0; o < outputs; ++o)
+          for (int g = 0; g < group; ++g, ++j) top_row[j] = ga[o] * values[j];
+        const float* g = top_row.data();
+        for (int k = top; k >= lowest; --k) {
+          const int luts = s.lut_count(k);
+          float* dst = k > 0 ? hidden_grad[k - 1].data() + t * s.width[k] : bit_row.data();
+          std::fill_n(dst, s.width[k], 0.0f);
+          Lut<N>::input_grad(g, addresses[k] + t * luts, b->mapping[k], per_address[k], luts, dst);
+          g = dst;
+        }
+        if (lowest == 0) thermometer_backward(b, s, x + t * s.in_features, bit_row.data(), grad_x + t * s.in_features);
+      }
+    });
+  }
+
+  // Pass 2, over LUT blocks (and output blocks for the bias): table gradients summed over tokens in token
+  // order (the shim's index_add_ order), value gradients in double.
+  struct Task {
+    int layer;  // -1: bias block
+    int64_t first, last;
+  };
+  std::vector<Task> tasks;
+  for (int k = 0; k < s.layers; ++k) {
+    const bool tables_wanted = grad_tables && grad_tables[k];
+    if (!tables_wanted && !(k == top && grad_values)) continue;
+    for (int64_t r = 0; r < s.lut_count(k); r += kLutBlock)
+      tasks.push_back({k, r, std::min<int64_t>(r + kLutBlock, s.lut_count(k))});
+  }
+  if (grad_bias)
+    for (int64_t o = 0; o < outputs; o += kOutputBlock) tasks.push_back({-1, o, std::min<int64_t>(o + kOutputBlock, outputs)});
+  std::vector<uint64_t> top_signs;
+  if (grad_values) top_signs = pack_signs(b->tables[top], s.lut_count(top), s);
+  parallel_tasks(static_cast<int64_t>(tasks.size()), threads, [&](int64_t index) {
+    const Task task = tasks[index];
+    const int count = static_cast<int>(task.last - task.first);
+    if (task.layer < 0) {
+      double total[kOutputBlock] = {};
+      for (int64_t t = 0; t < s.tokens; ++t) {
+        const float* row = grad_acc + t * outputs + task.first;
+        for (int o = 0; o < count; ++o) total[o] += row[o];
+      }
+      for (int o = 0; o < count; ++o) grad_bias[task.first + o] = static_cast<float>(total[o]);
+      return;
+    }
+    const int k = task.layer;
+    const int64_t luts = s.lut_count(k);
+    float* tables_out = grad_tables ? grad_tables[k] : nullptr;
+    std::vector<float> rows(static_cast<size_t>(count) * E, 0.0f);
+    float* __restrict row = rows.data();
+    if (k < top) {
+      const float* __restrict grad = hidden_grad[k].data() + task.first;
+      for (int64_t t = 0; t < s.tokens; ++t) {
+        const uint8_t* __restrict address = addresses[k] + t * luts + task.first;
+        const float* __restrict g = grad + t * luts;
+        for (int i = 0; i < count; ++i) row[i * E + address[i]] += g[i];
+      }
+    } else {
+      // Top layer: g = grad_acc[t, o(j)] * values[j]; value gradient: grad_acc[t, o(j)] where LUT j is 1.
+      int output[kLutBlock];
+      float value[kLutBlock];
+      uint64_t signs[kLutBlock * Lut<N>::kWords];
+      for (int i = 0; i < count; ++i) {
+        output[i] = static_cast<int>((task.first + i) / group);
+        value[i] = values[task.first + i];
+      }
+      if (grad_values)
+        std::copy_n(top_signs.data() + task.first * Lut<N>::kWords, count * Lut<N>::kWords, signs);
+      double value_total[kLutBlock] = {};
+      for (int64_t t = 0; t < s.tokens; ++t) {
+        const uint8_t* __restrict address = addresses[k] + t * luts + task.first;
+        const float* __restrict ga = grad_acc + t * outputs;
+        if (tables_out)
+          for (int i = 0; i < count; ++i) row[i * E + address[i]] += ga[output[i]] * value[i];
+        if (grad_values)
+          for (int i = 0; i < count; ++i)
+            value_total[i] += static_cast<double>(ga[output[i]]) * Lut<N>::sign(signs, i, address[i]);
+      }
+      if (grad_values)
+        for (int i = 0; i < count; ++i) grad_values[task.first + i] = static_cast<float>(value_total[i]);
+    }
+    if (tables_out) std::copy(rows.begin(), rows.end(), tables_out + task.first * E);
+  });
+}
+
+template <template <int> class Fn, typename... Args>
+void dispatch(int n, Args&&... args) {
+  switch (n) {
+    case 1: return Fn<1>::run(args...);
+    case 2: return Fn<2>::run(args...);
+    case 3: return Fn<3>::run(args...);
+    case 4: return Fn<4>::run(args...);
+    case 5: return Fn<5>::run(args...);
+    case 6: return Fn<6>::run(args...);
+    case 7: return Fn<7>::run(args...);
+    case 8: return Fn<8>::run(args...);
+  }
+  throw Failure{"lut_inputs must be in 1..8, got " + std::to_string(n)};
+}
+
+template <int N>
+struct Forward {
+  template <typename... Args>
+  static void run(Args&&... args) { forward_n<N>(args...); }
+};
+
+template <int N>
+struct Backward {
+  template <typename... Args>
+  static void run(Args&&... args) { backward_n<N>(args...); }
+};
+
+void forward(const QuweitTrainBlock* b, const float* x, float* acc, uint8_t* const* addresses, int threads) {
+  const Shape s = validate(b);
+  check_mapping(b, s);
+  if (s.tokens == 0) return;  // (empty tensors may have null data pointers)
+  if (!x || !acc || !addresses) throw Failure{"x, acc or addresses is null"};
+  for (int k = 0; k < s.layers; ++k)
+    if (!addresses[k]) throw Failure{"addresses of layer " + std::to_string(k) + " is null"};
+  dispatch<Forward>(s.n, b, s, x, acc, addresses, threads);
+}
+
+void backward(const QuweitTrainBlock* b, const float* x, const uint8_t* const* addresses,
+              const float* const* per_address, const float* grad_acc, float* grad_x, float* const* grad_tables,
+              float* grad_values, float* grad_bias, int threads) {
+  const Shape s = validate(b);
+  if (s.tokens == 0) {  // gradients of nothing: zeros (grad_x has no elements; empty tensors' pointers may be null)
+    for (int k = 0; k < s.layers; ++k)
+      if (grad_tables && grad_tables[k])
+        std::fill_n(grad_tables[k], static_cast<int64_t>(s.lut_count(k)) * s.entries, 0.0f);
+    if (grad_values) std::fill_n(grad_values, s.width.back(), 0.0f);
+    if (grad_bias) std::fill_n(grad_bias, s.out_features, 0.0f);
+    return;
+  }
+  if (!x || !addresses || !grad_acc) throw Failure{"x, addresses or grad_acc is null"};
+  for (int k = 0; k < s.layers; ++k)
+    if (!addresses[k]) throw Failure{"addresses of layer " + std::to_string(k) + " is null"};
+  dispatch<Backward>(s.n, b, s, x, addresses, per_address, grad_acc, grad_x, grad_tables, grad_values, grad_bias,
+                     threads);
+}
+
+int report(const char* what, char* error, size_t error_size) {
+  if (error && error_size) std::snprintf(error, error_size, "%s", what);
+  return 1;
+}
+
+template <typename Fn>
+int guarded(char* error, size_t error_size, const Fn& fn) {
+  try {
+    fn();
+    return 0;
+  } catch (const Failure& failure) {
+    return report(failure.message.c_str(), error, error_size);
+  } catch (const std::bad_alloc&) {
+    return report("out of memory", error, error_size);
+  } catch (const std::exception& e) {
+    return report(e.what(), error, error_size);
+  } catch (...) {
+    return report("unknown error", error, error_size);
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+__attribute__((visibility("default"))) int quweit_train_forward(const QuweitTrainBlock* block, const float* x,
+                                                                float* acc, uint8_t* const* addresses, int threads,
+                                                                char* error, size_t error_size) {
+  return guarded(error, error_size, [&] { forward(block, x, acc, addresses, threads); });
+}
+
+__attribute__((visibility("default"))) int quweit_train_backward(
+    const QuweitTrainBlock* block, const float* x, const uint8_t* const* addresses, const float* const* per_address,
+    const float* grad_acc, float* grad_x, float* const* grad_tables, float* grad_values, float* grad_bias,
+    int threads, char* error, size_t error_size) {
+  return guarded(error, error_size, [&] {
+    backward(block, x, addresses, per_address, grad_acc, grad_x, grad_tables, grad_values, grad_bias, threads);
+  });
+}
+}
