@@ -181,8 +181,8 @@ class WeightlessBlock(nn.Module):
 
     @property
     def uses_fused_training(self) -> bool:
-        """Training mode runs the fused native ops (`fused_training`): built, enabled, and a fixed mapping."""
-        return not len(self.mapping_weights) and fused_training.enabled()
+        """Training mode runs the fused native ops (`fused_training`: built and not turned off)."""
+        return fused_training.enabled()
 
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         unit_v = self.value_unit.repeat_interleave(self.group_size)
@@ -195,7 +195,7 @@ class WeightlessBlock(nn.Module):
         return acc * self.output_scale
 
     def _staged_accumulators(self, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """The per-stage torch path (the learnable mapping's, and the fallback without the native library)."""
+        """The per-stage torch path: the fallback without the native library (and the fused ops' reference)."""
         bits = Thermometer.apply(x, self.input_scale, self.thresholds, self.surrogate_width, self.qmin, self.qmax)
         for k, table in enumerate(self.tables):
             slot_bits = select_bits(bits, self.candidates(k), self._weights(k), self.tau)

@@ -23,18 +23,28 @@ def use_fused(monkeypatch, fused: bool) -> None:
     monkeypatch.setenv(fused_training.ENABLE_ENV, "1" if fused else "0")
 
 
-def train_pass(params, x: np.ndarray, *, fused: bool, monkeypatch, input_grad: bool = True, frozen=(), seed=0):
-    """Output and gradients (`x`, then every parameter by name) of one forward/backward in training mode."""
+def train_pass(params, x: np.ndarray, *, fused: bool, monkeypatch, input_grad: bool = True, frozen=(), seed=0,
+               candidates: int = 1):
+    """Output, gradients (`x`, then every parameter by name) and exported parameters of one forward/backward.
+
+    With candidates > 1 the mapping weights are drawn at random, so slots read other candidates than the first."""
     use_fused(monkeypatch, fused)
-    module = WeightlessBlock.from_params(params).train()
+    module = WeightlessBlock.from_params(params, candidates=candidates, seed=seed % 1000, tau=0.7).train()
     assert module.uses_fused_training == fused
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for weights in module.mapping_weights:
+            weights.copy_(torch.randn(weights.shape, generator=generator))
     for k in frozen:
         module.tables[k].requires_grad_(False)
+        if candidates > 1:
+            module.mapping_weights[k].requires_grad_(False)
     xt = torch.from_numpy(x).requires_grad_(input_grad)
     y = module(xt)
     upstream = torch.from_numpy(np.random.default_rng(seed).normal(size=y.shape).astype(np.float32))
     y.backward(upstream)
-    return y.detach().numpy(), {"x": xt.grad, **{name: p.grad for name, p in module.named_parameters()}}
+    grads = {"x": xt.grad, **{name: p.grad for name, p in module.named_parameters()}}
+    return y.detach().numpy(), grads, module.to_params()  # the block it computed (chosen mapping): the oracle's
 
 
 def assert_same_gradients(fused, staged):
@@ -54,13 +64,14 @@ def test_the_fused_library_is_built():
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(params=blocks(max_features=64), shape=LEADING_SHAPES, seed=st.integers(0, 2**32 - 1),
-       input_grad=st.booleans())
-def test_fused_equals_per_stage_path(params, shape, seed, input_grad, monkeypatch):
+       input_grad=st.booleans(), candidates=st.sampled_from([1, 1, 3]))
+def test_fused_equals_per_stage_path(params, shape, seed, input_grad, candidates, monkeypatch):
     x = adversarial_inputs(params, shape, seed)
-    y_fused, g_fused = train_pass(params, x, fused=True, monkeypatch=monkeypatch, input_grad=input_grad, seed=seed)
-    y_staged, g_staged = train_pass(params, x, fused=False, monkeypatch=monkeypatch, input_grad=input_grad, seed=seed)
+    options = dict(monkeypatch=monkeypatch, input_grad=input_grad, seed=seed, candidates=candidates)
+    y_fused, g_fused, exported = train_pass(params, x, fused=True, **options)
+    y_staged, g_staged, _ = train_pass(params, x, fused=False, **options)
     assert same_bits(y_fused, y_staged)
-    assert same_bits(y_fused, evaluate(params, x))
+    assert same_bits(y_fused, evaluate(exported, x))
     assert_same_gradients(g_fused, g_staged)
 
 
@@ -74,14 +85,16 @@ def _larger_inputs(params, tokens: int = 300) -> np.ndarray:
     return (np.random.default_rng(8).normal(size=(tokens, params.in_features)) * 60 / params.input_scale).astype(np.float32)
 
 
+@pytest.mark.parametrize("candidates", [1, 4])
 @pytest.mark.parametrize("input_grad, frozen", [(True, ()), (False, ()), (False, (1, 2)), (True, (0, 1, 2))])
-def test_fused_equals_per_stage_path_on_a_larger_block(monkeypatch, input_grad, frozen):
-    """Frozen tables change which input gradients the backward must form (only those below a trained layer)."""
+def test_fused_equals_per_stage_path_on_a_larger_block(monkeypatch, input_grad, frozen, candidates):
+    """Frozen layers change which input gradients the backward must form (only those below a trained layer)."""
     params = _larger_block()
     x = _larger_inputs(params)
-    y_fused, g_fused = train_pass(params, x, fused=True, monkeypatch=monkeypatch, input_grad=input_grad, frozen=frozen)
-    y_staged, g_staged = train_pass(params, x, fused=False, monkeypatch=monkeypatch, input_grad=input_grad, frozen=frozen)
-    assert same_bits(y_fused, y_staged) and same_bits(y_fused, evaluate(params, x))
+    options = dict(monkeypatch=monkeypatch, input_grad=input_grad, frozen=frozen, candidates=candidates)
+    y_fused, g_fused, exported = train_pass(params, x, fused=True, **options)
+    y_staged, g_staged, _ = train_pass(params, x, fused=False, **options)
+    assert same_bits(y_fused, y_staged) and same_bits(y_fused, evaluate(exported, x))
     assert_same_gradients(g_fused, g_staged)
     tables = [g_fused[f"tables.{k}"] for k in range(3)]
     assert [t is None for t in tables] == [k in frozen for k in range(3)]
@@ -89,7 +102,8 @@ def test_fused_equals_per_stage_path_on_a_larger_block(monkeypatch, input_grad, 
     assert float(lowest.abs().sum()) > 0  # the gradient reaches the lowest trained part
 
 
-def test_results_do_not_depend_on_the_thread_count(monkeypatch):
+@pytest.mark.parametrize("candidates", [1, 4])
+def test_results_do_not_depend_on_the_thread_count(monkeypatch, candidates):
     """Every output element is summed by one thread in a fixed order: 1 and 2 threads give the same bits."""
     params, x = _larger_block(), _larger_inputs(_larger_block())
     threads = torch.get_num_threads()
@@ -97,7 +111,7 @@ def test_results_do_not_depend_on_the_thread_count(monkeypatch):
     try:
         for count in (1, 2, 2):
             torch.set_num_threads(count)
-            runs.append(train_pass(params, x, fused=True, monkeypatch=monkeypatch))
+            runs.append(train_pass(params, x, fused=True, monkeypatch=monkeypatch, candidates=candidates)[:2])
     finally:
         torch.set_num_threads(threads)
     (y0, g0), *others = runs
@@ -119,7 +133,7 @@ def test_training_forward_is_exact_beyond_float32_sums(monkeypatch):
     want = evaluate(params, x)
     assert same_bits(WeightlessBlock.from_params(params).eval()(torch.from_numpy(x)).numpy(), want)
     for fused in (True, False):
-        y, _ = train_pass(params, x, fused=fused, monkeypatch=monkeypatch)
+        y = train_pass(params, x, fused=fused, monkeypatch=monkeypatch)[0]
         assert same_bits(y, want)
     # The check has teeth: the float32 sum the per-stage path used before is not exact here.
     bits = lut_layers(params, thermometer(params, quantize_inputs(params, x))).astype(np.float32)
@@ -130,7 +144,7 @@ def test_training_forward_is_exact_beyond_float32_sums(monkeypatch):
 def test_zero_tokens(monkeypatch):
     params = _larger_block()
     x = np.zeros((0, params.in_features), np.float32)
-    y, grads = train_pass(params, x, fused=True, monkeypatch=monkeypatch)
+    y, grads, _ = train_pass(params, x, fused=True, monkeypatch=monkeypatch)
     assert y.shape == (0, params.out_features)
     assert all(float(g.abs().sum()) == 0 for g in grads.values())
 
@@ -144,10 +158,12 @@ def test_bad_mapping_names_the_parameter(monkeypatch):
         module(torch.from_numpy(_larger_inputs(params, 4)))
 
 
-def test_learnable_mapping_uses_the_per_stage_path(monkeypatch):
+def test_bad_candidates_name_the_parameter(monkeypatch):
     use_fused(monkeypatch, True)
     module = WeightlessBlock.from_params(_larger_block(), candidates=3).train()
-    assert not module.uses_fused_training
+    module.candidates(2)[7, 2] = -1
+    with pytest.raises(WeightlessBlockError, match=r"candidates of layer 2: entry 23 is -1, outside \[0, 130\)"):
+        module(torch.from_numpy(_larger_inputs(_larger_block(), 4)))
 
 
 def test_missing_library_falls_back_to_the_per_stage_path(monkeypatch, tmp_path):

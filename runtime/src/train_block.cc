@@ -1,11 +1,11 @@
-// Fused training ops of WeightlessBlock (forward with saved LUT addresses; EFD backward), the native path of
-// the torch shim (custom_ops/fused_training.py). The per-stage torch path materialises every slot bit as a
-// float ([B, L * n]) and gathers/scatters it several times; here each token's bits stay in a small buffer and
-// the backward reads one byte per (token, LUT).
+// Fused training ops of WeightlessBlock (forward with saved LUT addresses; EFD backward; learnable mapping), the
+// native path of the torch shim (custom_ops/fused_training.py). The per-stage torch path materialises every
+// slot bit as a float ([B, L * n], or [B, L * n * C] for the mapping weights) and gathers/scatters it several
+// times; here each token's bits stay in a small buffer and the backward reads one byte per (token, LUT).
 //
 // Work is split into tasks whose outputs are disjoint, each computed in a fixed order by one thread:
-// token chunks (forward, input gradients) and LUT blocks (table, value and bias gradients, each summed over
-// the tokens in token order). Results are therefore the same for any thread count.
+// token chunks (forward, input gradients) and LUT blocks (table, value, mapping-weight and bias gradients,
+// each summed over the tokens in token order). Results are therefore the same for any thread count.
 #include "train_block.h"
 
 #include <algorithm>
@@ -32,12 +32,13 @@ struct Failure {
 // Derived sizes of a validated block.
 struct Shape {
   int64_t tokens = 0;
-  int in_features = 0, thresholds = 0, n = 0, layers = 0, out_features = 0, group = 0;
+  int in_features = 0, thresholds = 0, n = 0, layers = 0, out_features = 0, group = 0, candidates = 1;
   int entries = 0;  // 2^n
   int words = 0;    // 64-bit words per packed sign table
   std::vector<int> width;  // width[0] = N_0 = D_in * T, width[k + 1] = L_k
   int max_width = 0;
   int lut_count(int k) const { return width[k + 1]; }
+  int64_t input_words(int k) const { return (width[k] + 63) / 64; }  // per token, packed layer-k input bits
 };
 
 Shape validate(const QuweitTrainBlock* b) {
@@ -50,19 +51,24 @@ Shape validate(const QuweitTrainBlock* b) {
   s.layers = b->num_layers;
   s.out_features = b->out_features;
   s.group = b->group_size;
+  s.candidates = b->candidates;
   if (s.tokens < 0) throw Failure{"tokens must be >= 0, got " + std::to_string(s.tokens)};
   if (s.n < 1 || s.n > 8) throw Failure{"lut_inputs must be in 1..8, got " + std::to_string(s.n)};
-  if (s.in_features < 1 || s.thresholds < 1 || s.layers < 1 || s.out_features < 1 || s.group < 1)
-    throw Failure{"in_features, thresholds_per_feature, num_layers, out_features, group_size must be >= 1"};
+  if (s.in_features < 1 || s.thresholds < 1 || s.layers < 1 || s.out_features < 1 || s.group < 1 || s.candidates < 1)
+    throw Failure{"in_features, thresholds_per_feature, num_layers, out_features, group_size, candidates must be >= 1"};
   if (!b->layer_sizes || !b->input_scale || !b->thresholds || !b->surrogate_width || !b->mapping || !b->tables ||
       !b->values || !b->bias)
     throw Failure{"a parameter pointer is null"};
+  if (s.candidates > 1 && (!b->candidate_bits || !b->candidate_spread))
+    throw Failure{"candidates > 1 needs candidate_bits and candidate_spread"};
   s.entries = 1 << s.n;
   s.words = std::max(1, s.entries / 64);
   s.width.push_back(s.in_features * s.thresholds);
   for (int k = 0; k < s.layers; ++k) {
     if (b->layer_sizes[k] < 1) throw Failure{"layer " + std::to_string(k) + " has no LUTs"};
     if (!b->mapping[k] || !b->tables[k]) throw Failure{"layer " + std::to_string(k) + ": null mapping or tables"};
+    if (s.candidates > 1 && (!b->candidate_bits[k] || !b->candidate_spread[k]))
+      throw Failure{"layer " + std::to_string(k) + ": null candidate_bits or candidate_spread"};
     s.width.push_back(b->layer_sizes[k]);
   }
   if (static_cast<int64_t>(s.width.back()) != static_cast<int64_t>(s.out_features) * s.group)
@@ -71,16 +77,21 @@ Shape validate(const QuweitTrainBlock* b) {
   return s;
 }
 
-// Every mapping index must name a bit of the layer's input (checked per forward: the buffers are mutable).
+// Every mapping (and candidate) index must name a bit of the layer's input (checked per forward: the
+// buffers are mutable).
+void check_indices(const int32_t* index, int64_t count, int limit, const char* what, int k) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (index[i] < 0 || index[i] >= limit)
+      throw Failure{std::string(what) + " of layer " + std::to_string(k) + ": entry " + std::to_string(i) + " is " +
+                    std::to_string(index[i]) + ", outside [0, " + std::to_string(limit) + ")"};
+  }
+}
+
 void check_mapping(const QuweitTrainBlock* b, const Shape& s) {
   for (int k = 0; k < s.layers; ++k) {
-    const int64_t count = static_cast<int64_t>(s.lut_count(k)) * s.n;
-    const int32_t* m = b->mapping[k];
-    for (int64_t i = 0; i < count; ++i) {
-      if (m[i] < 0 || m[i] >= s.width[k])
-        throw Failure{"mapping of layer " + std::to_string(k) + ": entry " + std::to_string(i) + " is " +
-                      std::to_string(m[i]) + ", outside [0, " + std::to_string(s.width[k]) + ")"};
-    }
+    const int64_t slots = static_cast<int64_t>(s.lut_count(k)) * s.n;
+    check_indices(b->mapping[k], slots, s.width[k], "mapping", k);
+    if (s.candidates > 1) check_indices(b->candidate_bits[k], slots * s.candidates, s.width[k], "candidates", k);
   }
 }
 
@@ -122,6 +133,10 @@ std::vector<uint64_t> pack_signs(const float* table, int rows, const Shape& s) {
   return packed;
 }
 
+void pack_bits(const uint8_t* bits, int64_t count, uint64_t* out) {
+  std::fill_n(out, (count + 63) / 64, uint64_t{0});
+  for (int64_t i = 0; i < count; ++i) out[i >> 6] |= static_cast<uint64_t>(bits[i]) << (i & 63);
+}
 
 // Spec 3.1-3.2 as the shim computes them in float32: q = clamp(round(x * scale)) (NaN -> 0), bit = q > thr.
 void thermometer(const QuweitTrainBlock* b, const Shape& s, const float* x, uint8_t* bits) {
@@ -135,9 +150,10 @@ void thermometer(const QuweitTrainBlock* b, const Shape& s, const float* x, uint
   }
 }
 
-// The surrogate gradient of the thermometer (torch_block.Thermometer.backward), per token.
+// The surrogate gradient of the thermometer (torch_block.Thermometer.backward), per token: the slopes in one
+// loop (the compiler vectorises it), their weighted sum over the T thresholds in order in another.
 void thermometer_backward(const QuweitTrainBlock* b, const Shape& s, const float* x, const float* grad_bits,
-                          float* grad_x) {
+                          float* slope, float* grad_x) {
   for (int i = 0; i < s.in_features; ++i) {
     const float scale = b->input_scale[i];
     const float p = x[i] * scale;
@@ -145,14 +161,14 @@ void thermometer_backward(const QuweitTrainBlock* b, const Shape& s, const float
     const float finite = nan ? 0.0f : std::isinf(p) ? std::copysign(FLT_MAX, p) : p;  // torch.nan_to_num
     const float width = b->surrogate_width[i];
     const float* thr = b->thresholds + static_cast<int64_t>(i) * s.thresholds;
-    const float* g = grad_bits + static_cast<int64_t>(i) * s.thresholds;
-    float total = 0.0f;
     for (int t = 0; t < s.thresholds; ++t) {
       const float distance = finite - (thr[t] + 0.5f);
-      float slope = 1.0f - std::fabs(distance) / width;
-      slope = (slope < 0.0f ? 0.0f : slope) / width;
-      total += g[t] * (nan ? 0.0f : slope);
+      const float raw = 1.0f - std::fabs(distance) / width;
+      slope[t] = (raw < 0.0f ? 0.0f : raw) / width;
     }
+    const float* g = grad_bits + static_cast<int64_t>(i) * s.thresholds;
+    float total = 0.0f;
+    for (int t = 0; t < s.thresholds; ++t) total += g[t] * (nan ? 0.0f : slope[t]);
     grad_x[i] = total * scale;
   }
 }
@@ -162,10 +178,25 @@ template <int N>
 struct Lut {
   static constexpr int kEntries = 1 << N;
   static constexpr int kWords = kEntries > 64 ? kEntries / 64 : 1;
+  // Each token reads one n-float EFD record per LUT, scattered over the whole weight array (L * 2^n * n
+  // floats, megabytes): records are fetched kPrefetch LUTs ahead so their cache misses overlap.
+  static constexpr int kPrefetch = 16;
 
   static inline uint8_t sign(const uint64_t* __restrict packed, int64_t row, unsigned a) {
     if constexpr (kWords == 1) return static_cast<uint8_t>((packed[row] >> a) & 1u);
     return static_cast<uint8_t>((packed[row * kWords + (a >> 6)] >> (a & 63)) & 1u);
+  }
+
+  static inline const float* record(const float* weight, int64_t r, unsigned a) {
+    return weight + (r * kEntries + a) * N;
+  }
+
+  static inline void prefetch(const float* weight, const uint8_t* address, int r, int luts) {
+    if (r + kPrefetch < luts) {
+      const float* ahead = record(weight, r + kPrefetch, address[r + kPrefetch]);
+      __builtin_prefetch(ahead);
+      __builtin_prefetch(ahead + N - 1);
+    }
   }
 
   // One token through one layer: each LUT's address (slot l -> address bit l) and output bit.
@@ -181,23 +212,41 @@ struct Lut {
     }
   }
 
-  // One token's input-bit gradients of one layer: dst[map[r, l]] += g[r] * weight[r, address[r], l], in
-  // (LUT, slot) order. dst must be zeroed.
+  // One token's input-bit gradients of one layer, fixed mapping: dst[map[r, l]] += g[r] * weight[r, a_r, l],
+  // in (LUT, slot) order (efd.LutLayerEFD then learnable_mapping.SelectBits' index_add_). dst must be zeroed.
   static void input_grad(const float* __restrict g, const uint8_t* __restrict address, const int32_t* __restrict map,
                          const float* __restrict weight, int luts, float* __restrict dst) {
     for (int r = 0; r < luts; ++r) {
+      prefetch(weight, address, r, luts);
       const float gr = g[r];
-      const float* w = weight + (static_cast<int64_t>(r) * kEntries + address[r]) * N;
+      const float* w = record(weight, r, address[r]);
       const int32_t* m = map + static_cast<int64_t>(r) * N;
 #pragma GCC unroll 8
       for (int l = 0; l < N; ++l) dst[m[l]] += gr * w[l];
+    }
+  }
+
+  // The same with C candidates per slot: slot s's gradient g[r] * weight[r, a_r, l] goes to each candidate bit
+  // in the share spread[s, c], in (LUT, slot, candidate) order (SelectBits' index_add_ over candidates).
+  static void input_grad_spread(const float* __restrict g, const uint8_t* __restrict address,
+                                const int32_t* __restrict cand, const float* __restrict spread, int candidates,
+                                const float* __restrict weight, int luts, float* __restrict dst) {
+    for (int r = 0; r < luts; ++r) {
+      prefetch(weight, address, r, luts);
+      const float gr = g[r];
+      const float* w = record(weight, r, address[r]);
+      for (int l = 0; l < N; ++l) {
+        const float slot = gr * w[l];
+        const int64_t first = (static_cast<int64_t>(r) * N + l) * candidates;
+        for (int c = 0; c < candidates; ++c) dst[cand[first + c]] += slot * spread[first + c];
+      }
     }
   }
 };
 
 template <int N>
 void forward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, float* acc, uint8_t* const* addresses,
-               int threads) {
+               uint64_t* const* input_bits, int threads) {
   std::vector<std::vector<uint64_t>> signs;
   for (int k = 0; k < s.layers; ++k) signs.push_back(pack_signs(b->tables[k], s.lut_count(k), s));
   const int64_t tasks = (s.tokens + kTokenChunk - 1) / kTokenChunk;
@@ -210,6 +259,7 @@ void forward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, float*
       thermometer(b, s, x + t * s.in_features, current.data());
       for (int k = 0; k < s.layers; ++k) {
         const int luts = s.lut_count(k);
+        if (input_bits && input_bits[k]) pack_bits(current.data(), s.width[k], input_bits[k] + t * s.input_words(k));
         Lut<N>::forward(current.data(), b->mapping[k], signs[k].data(), luts, addresses[k] + t * luts, next.data());
         std::swap(current, next);
       }
@@ -228,26 +278,41 @@ void forward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, float*
   });
 }
 
+struct Gradients {
+  float* x;
+  float* const* tables;  // may be null as a whole
+  float* values;
+  float* bias;
+  float* const* weights;  // may be null as a whole
+  bool table(int k) const { return tables && tables[k]; }
+  bool weight(int k) const { return weights && weights[k]; }
+};
+
 template <int N>
 void backward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, const uint8_t* const* addresses,
-                const float* const* per_address, const float* grad_acc, float* grad_x, float* const* grad_tables,
-                float* grad_values, float* grad_bias, int threads) {
+                const uint64_t* const* input_bits, const float* const* per_address, const float* grad_acc,
+                const Gradients& out, int threads) {
   constexpr int E = Lut<N>::kEntries;
-  const int top = s.layers - 1;
+  const int top = s.layers - 1, C = s.candidates;
   const int64_t top_luts = s.lut_count(top);
   const int group = s.group, outputs = s.out_features;
   const float* values = b->values;
-  // needs_input[k]: the gradient of layer k's input bits is wanted (for x, or for a lower layer's tables).
+  // needs_input[k]: the gradient of layer k's input bits is wanted (for x, or for a lower layer's tables or
+  // mapping weights).
   std::vector<bool> needs_input(s.layers, false);
-  bool below = grad_x != nullptr;
+  bool below = out.x != nullptr;
   for (int k = 0; k < s.layers; ++k) {
     needs_input[k] = below;
-    below = below || (grad_tables && grad_tables[k]);
+    below = below || out.table(k) || out.weight(k);
   }
   int lowest = s.layers;  // lowest layer whose input gradient is needed
   for (int k = s.layers - 1; k >= 0 && needs_input[k]; --k) lowest = k;
-  for (int k = lowest; k < s.layers; ++k)
-    if (!per_address || !per_address[k]) throw Failure{"per_address of layer " + std::to_string(k) + " is null"};
+  for (int k = 0; k < s.layers; ++k) {
+    if ((needs_input[k] || out.weight(k)) && (!per_address || !per_address[k]))
+      throw Failure{"per_address of layer " + std::to_string(k) + " is null"};
+    if (out.weight(k) && (C == 1 || !input_bits || !input_bits[k]))
+      throw Failure{"mapping-weight gradient of layer " + std::to_string(k) + " needs candidates > 1 and input_bits"};
+  }
 
   // The gradient of LUT layer k's output bits, [B, L_k], stored for the hidden layers that need it; the top
   // layer's is grad_acc[t, o] * values[j], formed where it is used (the shim's `grouped * values` backward).
@@ -255,11 +320,11 @@ void backward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, const
   for (int k = std::max(lowest - 1, 0); k < top; ++k) hidden_grad[k].resize(s.tokens * s.lut_count(k));
 
   // Pass 1, over token chunks: input-bit gradients layer by layer down (EFD; the contributions to each bit in
-  // (LUT, slot) order, as the shim's index_add_ adds them), then the thermometer's surrogate to x.
+  // (LUT, slot[, candidate]) order, as the shim's index_add_ adds them), then the thermometer's surrogate to x.
   if (lowest < s.layers) {
     const int64_t tasks = (s.tokens + kTokenChunk - 1) / kTokenChunk;
     parallel_tasks(tasks, threads, [&](int64_t task) {
-      std::vector<float> top_row(top_luts), bit_row(lowest == 0 ? s.width[0] : 0);
+      std::vector<float> top_row(top_luts), bit_row(lowest == 0 ? s.width[0] : 0), slope(s.thresholds);
       const int64_t end = std::min(s.tokens, (task + 1) * kTokenChunk);
       for (int64_t t = task * kTokenChunk; t < end; ++t) {
         const float* ga = grad_acc + t * outputs;
@@ -270,31 +335,35 @@ void backward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, const
           const int luts = s.lut_count(k);
           float* dst = k > 0 ? hidden_grad[k - 1].data() + t * s.width[k] : bit_row.data();
           std::fill_n(dst, s.width[k], 0.0f);
-          Lut<N>::input_grad(g, addresses[k] + t * luts, b->mapping[k], per_address[k], luts, dst);
+          if (C == 1)
+            Lut<N>::input_grad(g, addresses[k] + t * luts, b->mapping[k], per_address[k], luts, dst);
+          else
+            Lut<N>::input_grad_spread(g, addresses[k] + t * luts, b->candidate_bits[k], b->candidate_spread[k], C,
+                                      per_address[k], luts, dst);
           g = dst;
         }
-        if (lowest == 0) thermometer_backward(b, s, x + t * s.in_features, bit_row.data(), grad_x + t * s.in_features);
+        if (lowest == 0)
+          thermometer_backward(b, s, x + t * s.in_features, bit_row.data(), slope.data(), out.x + t * s.in_features);
       }
     });
   }
 
   // Pass 2, over LUT blocks (and output blocks for the bias): table gradients summed over tokens in token
-  // order (the shim's index_add_ order), value gradients in double.
+  // order (the shim's index_add_ order); value and mapping-weight gradients in double.
   struct Task {
     int layer;  // -1: bias block
     int64_t first, last;
   };
   std::vector<Task> tasks;
   for (int k = 0; k < s.layers; ++k) {
-    const bool tables_wanted = grad_tables && grad_tables[k];
-    if (!tables_wanted && !(k == top && grad_values)) continue;
+    if (!out.table(k) && !out.weight(k) && !(k == top && out.values)) continue;
     for (int64_t r = 0; r < s.lut_count(k); r += kLutBlock)
       tasks.push_back({k, r, std::min<int64_t>(r + kLutBlock, s.lut_count(k))});
   }
-  if (grad_bias)
+  if (out.bias)
     for (int64_t o = 0; o < outputs; o += kOutputBlock) tasks.push_back({-1, o, std::min<int64_t>(o + kOutputBlock, outputs)});
   std::vector<uint64_t> top_signs;
-  if (grad_values) top_signs = pack_signs(b->tables[top], s.lut_count(top), s);
+  if (out.values) top_signs = pack_signs(b->tables[top], s.lut_count(top), s);
   parallel_tasks(static_cast<int64_t>(tasks.size()), threads, [&](int64_t index) {
     const Task task = tasks[index];
     const int count = static_cast<int>(task.last - task.first);
@@ -304,46 +373,62 @@ void backward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, const
         const float* row = grad_acc + t * outputs + task.first;
         for (int o = 0; o < count; ++o) total[o] += row[o];
       }
-      for (int o = 0; o < count; ++o) grad_bias[task.first + o] = static_cast<float>(total[o]);
+      for (int o = 0; o < count; ++o) out.bias[task.first + o] = static_cast<float>(total[o]);
       return;
     }
     const int k = task.layer;
     const int64_t luts = s.lut_count(k);
-    float* tables_out = grad_tables ? grad_tables[k] : nullptr;
-    std::vector<float> rows(static_cast<size_t>(count) * E, 0.0f);
+    const bool tables_wanted = out.table(k), values_wanted = k == top && out.values, weights_wanted = out.weight(k);
+    std::vector<float> rows(tables_wanted ? static_cast<size_t>(count) * E : 0, 0.0f);
     float* __restrict row = rows.data();
-    if (k < top) {
-      const float* __restrict grad = hidden_grad[k].data() + task.first;
-      for (int64_t t = 0; t < s.tokens; ++t) {
-        const uint8_t* __restrict address = addresses[k] + t * luts + task.first;
-        const float* __restrict g = grad + t * luts;
-        for (int i = 0; i < count; ++i) row[i * E + address[i]] += g[i];
-      }
-    } else {
-      // Top layer: g = grad_acc[t, o(j)] * values[j]; value gradient: grad_acc[t, o(j)] where LUT j is 1.
-      int output[kLutBlock];
-      float value[kLutBlock];
-      uint64_t signs[kLutBlock * Lut<N>::kWords];
+    // Per LUT of the block: output index and value (top layer), sign bits (value gradient).
+    int output[kLutBlock];
+    float value[kLutBlock];
+    uint64_t signs[kLutBlock * Lut<N>::kWords];
+    double value_total[kLutBlock] = {};
+    if (k == top) {
       for (int i = 0; i < count; ++i) {
         output[i] = static_cast<int>((task.first + i) / group);
         value[i] = values[task.first + i];
       }
-      if (grad_values)
-        std::copy_n(top_signs.data() + task.first * Lut<N>::kWords, count * Lut<N>::kWords, signs);
-      double value_total[kLutBlock] = {};
-      for (int64_t t = 0; t < s.tokens; ++t) {
-        const uint8_t* __restrict address = addresses[k] + t * luts + task.first;
+      if (values_wanted) std::copy_n(top_signs.data() + task.first * Lut<N>::kWords, count * Lut<N>::kWords, signs);
+    }
+    // Mapping weights: sum over tokens of (2 * bit(candidate) - 1) * slot gradient, per (slot, candidate).
+    std::vector<double> weight_total(weights_wanted ? static_cast<size_t>(count) * N * C : 0, 0.0);
+    float g[kLutBlock];
+    for (int64_t t = 0; t < s.tokens; ++t) {
+      const uint8_t* __restrict address = addresses[k] + t * luts + task.first;
+      if (k == top) {
         const float* __restrict ga = grad_acc + t * outputs;
-        if (tables_out)
-          for (int i = 0; i < count; ++i) row[i * E + address[i]] += ga[output[i]] * value[i];
-        if (grad_values)
+        for (int i = 0; i < count; ++i) g[i] = ga[output[i]] * value[i];
+        if (values_wanted)
           for (int i = 0; i < count; ++i)
             value_total[i] += static_cast<double>(ga[output[i]]) * Lut<N>::sign(signs, i, address[i]);
+      } else {
+        std::copy_n(hidden_grad[k].data() + t * luts + task.first, count, g);
       }
-      if (grad_values)
-        for (int i = 0; i < count; ++i) grad_values[task.first + i] = static_cast<float>(value_total[i]);
+      if (tables_wanted)
+        for (int i = 0; i < count; ++i) row[i * E + address[i]] += g[i];
+      if (weights_wanted) {
+        const uint64_t* bits = input_bits[k] + t * s.input_words(k);
+        for (int i = 0; i < count; ++i) {
+          const int64_t r = task.first + i;
+          const float* w = Lut<N>::record(per_address[k], r, address[i]);
+          for (int l = 0; l < N; ++l) {
+            const double slot = g[i] * w[l];
+            const int32_t* cand = b->candidate_bits[k] + (r * N + l) * C;
+            double* total = weight_total.data() + (static_cast<int64_t>(i) * N + l) * C;
+            for (int c = 0; c < C; ++c) total[c] += ((bits[cand[c] >> 6] >> (cand[c] & 63)) & 1u) ? slot : -slot;
+          }
+        }
+      }
     }
-    if (tables_out) std::copy(rows.begin(), rows.end(), tables_out + task.first * E);
+    if (tables_wanted) std::copy(rows.begin(), rows.end(), out.tables[k] + task.first * E);
+    if (values_wanted)
+      for (int i = 0; i < count; ++i) out.values[task.first + i] = static_cast<float>(value_total[i]);
+    if (weights_wanted)
+      for (size_t i = 0; i < weight_total.size(); ++i)
+        out.weights[k][task.first * N * C + static_cast<int64_t>(i)] = static_cast<float>(weight_total[i]);
   });
 }
 
@@ -374,33 +459,38 @@ struct Backward {
   static void run(Args&&... args) { backward_n<N>(args...); }
 };
 
-void forward(const QuweitTrainBlock* b, const float* x, float* acc, uint8_t* const* addresses, int threads) {
+void check_layers(const Shape& s, const void* const* per_layer, const char* what) {
+  if (!per_layer) throw Failure{std::string(what) + " is null"};
+  for (int k = 0; k < s.layers; ++k)
+    if (!per_layer[k]) throw Failure{std::string(what) + " of layer " + std::to_string(k) + " is null"};
+}
+
+void forward(const QuweitTrainBlock* b, const float* x, float* acc, uint8_t* const* addresses,
+             uint64_t* const* input_bits, int threads) {
   const Shape s = validate(b);
   check_mapping(b, s);
   if (s.tokens == 0) return;  // (empty tensors may have null data pointers)
-  if (!x || !acc || !addresses) throw Failure{"x, acc or addresses is null"};
-  for (int k = 0; k < s.layers; ++k)
-    if (!addresses[k]) throw Failure{"addresses of layer " + std::to_string(k) + " is null"};
-  dispatch<Forward>(s.n, b, s, x, acc, addresses, threads);
+  if (!x || !acc) throw Failure{"x or acc is null"};
+  check_layers(s, reinterpret_cast<const void* const*>(addresses), "addresses");
+  dispatch<Forward>(s.n, b, s, x, acc, addresses, input_bits, threads);
 }
 
 void backward(const QuweitTrainBlock* b, const float* x, const uint8_t* const* addresses,
-              const float* const* per_address, const float* grad_acc, float* grad_x, float* const* grad_tables,
-              float* grad_values, float* grad_bias, int threads) {
+              const uint64_t* const* input_bits, const float* const* per_address, const float* grad_acc,
+              const Gradients& out, int threads) {
   const Shape s = validate(b);
   if (s.tokens == 0) {  // gradients of nothing: zeros (grad_x has no elements; empty tensors' pointers may be null)
-    for (int k = 0; k < s.layers; ++k)
-      if (grad_tables && grad_tables[k])
-        std::fill_n(grad_tables[k], static_cast<int64_t>(s.lut_count(k)) * s.entries, 0.0f);
-    if (grad_values) std::fill_n(grad_values, s.width.back(), 0.0f);
-    if (grad_bias) std::fill_n(grad_bias, s.out_features, 0.0f);
+    for (int k = 0; k < s.layers; ++k) {
+      if (out.table(k)) std::fill_n(out.tables[k], static_cast<int64_t>(s.lut_count(k)) * s.entries, 0.0f);
+      if (out.weight(k)) std::fill_n(out.weights[k], static_cast<int64_t>(s.lut_count(k)) * s.n * s.candidates, 0.0f);
+    }
+    if (out.values) std::fill_n(out.values, s.width.back(), 0.0f);
+    if (out.bias) std::fill_n(out.bias, s.out_features, 0.0f);
     return;
   }
-  if (!x || !addresses || !grad_acc) throw Failure{"x, addresses or grad_acc is null"};
-  for (int k = 0; k < s.layers; ++k)
-    if (!addresses[k]) throw Failure{"addresses of layer " + std::to_string(k) + " is null"};
-  dispatch<Backward>(s.n, b, s, x, addresses, per_address, grad_acc, grad_x, grad_tables, grad_values, grad_bias,
-                     threads);
+  if (!x || !grad_acc) throw Failure{"x or grad_acc is null"};
+  check_layers(s, reinterpret_cast<const void* const*>(addresses), "addresses");
+  dispatch<Backward>(s.n, b, s, x, addresses, input_bits, per_address, grad_acc, out, threads);
 }
 
 int report(const char* what, char* error, size_t error_size) {
@@ -429,17 +519,19 @@ int guarded(char* error, size_t error_size, const Fn& fn) {
 extern "C" {
 
 __attribute__((visibility("default"))) int quweit_train_forward(const QuweitTrainBlock* block, const float* x,
-                                                                float* acc, uint8_t* const* addresses, int threads,
+                                                                float* acc, uint8_t* const* addresses,
+                                                                uint64_t* const* input_bits, int threads,
                                                                 char* error, size_t error_size) {
-  return guarded(error, error_size, [&] { forward(block, x, acc, addresses, threads); });
+  return guarded(error, error_size, [&] { forward(block, x, acc, addresses, input_bits, threads); });
 }
 
 __attribute__((visibility("default"))) int quweit_train_backward(
-    const QuweitTrainBlock* block, const float* x, const uint8_t* const* addresses, const float* const* per_address,
-    const float* grad_acc, float* grad_x, float* const* grad_tables, float* grad_values, float* grad_bias,
-    int threads, char* error, size_t error_size) {
+    const QuweitTrainBlock* block, const float* x, const uint8_t* const* addresses, const uint64_t* const* input_bits,
+    const float* const* per_address, const float* grad_acc, float* grad_x, float* const* grad_tables,
+    float* grad_values, float* grad_bias, float* const* grad_weights, int threads, char* error, size_t error_size) {
   return guarded(error, error_size, [&] {
-    backward(block, x, addresses, per_address, grad_acc, grad_x, grad_tables, grad_values, grad_bias, threads);
+    backward(block, x, addresses, input_bits, per_address, grad_acc,
+             Gradients{grad_x, grad_tables, grad_values, grad_bias, grad_weights}, threads);
   });
 }
 }
