@@ -416,9 +416,10 @@ void backward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, const
           const float* w = Lut<N>::record(per_address[k], r, address[i]);
           for (int l = 0; l < N; ++l) {
             const double slot = g[i] * w[l];
+            const double signed_slot[2] = {-slot, slot};  // indexed by the bit: no unpredictable branch
             const int32_t* cand = b->candidate_bits[k] + (r * N + l) * C;
             double* total = weight_total.data() + (static_cast<int64_t>(i) * N + l) * C;
-            for (int c = 0; c < C; ++c) total[c] += ((bits[cand[c] >> 6] >> (cand[c] & 63)) & 1u) ? slot : -slot;
+            for (int c = 0; c < C; ++c) total[c] += signed_slot[(bits[cand[c] >> 6] >> (cand[c] & 63)) & 1u];
           }
         }
       }
