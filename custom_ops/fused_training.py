@@ -114,6 +114,9 @@ class _Plan:
         self.candidates = module.candidates(0).shape[1]
         self.mappings = [chosen_indices(module.candidates(k), weights[k]).to(torch.int32).contiguous() for k in layers]
         self.layer_sizes = torch.tensor(module.layer_sizes, dtype=torch.int32)
+        # Buffers may be views of any layout (fitted thresholds often come Fortran-ordered): C-contiguous copies.
+        self.input_scale, self.thresholds, self.surrogate_width = (
+            b.contiguous() for b in (module.input_scale, module.thresholds, module.surrogate_width))
         self.candidate_bits = self.spread = []
         if self.candidates > 1:
             self.candidate_bits = [module.candidates(k).to(torch.int32).contiguous() for k in layers]
@@ -127,8 +130,8 @@ class _Plan:
         block = _Block(
             tokens=self.tokens, in_features=m.in_features, thresholds_per_feature=m.thresholds.shape[1],
             lut_inputs=m.lut_inputs, num_layers=len(tables), out_features=m.out_features, group_size=m.group_size,
-            qmin=m.qmin, qmax=m.qmax, layer_sizes=self.layer_sizes.data_ptr(), input_scale=m.input_scale.data_ptr(),
-            thresholds=m.thresholds.data_ptr(), surrogate_width=m.surrogate_width.data_ptr(), mapping=mapping,
+            qmin=m.qmin, qmax=m.qmax, layer_sizes=self.layer_sizes.data_ptr(), input_scale=self.input_scale.data_ptr(),
+            thresholds=self.thresholds.data_ptr(), surrogate_width=self.surrogate_width.data_ptr(), mapping=mapping,
             tables=table_ptrs, values=values.data_ptr(), bias=bias.data_ptr(), candidates=self.candidates,
             candidate_bits=candidate_bits, candidate_spread=spread)
         return block, arrays  # the pointer arrays must outlive the call

@@ -102,6 +102,18 @@ def test_fused_equals_per_stage_path_on_a_larger_block(monkeypatch, input_grad, 
     assert float(lowest.abs().sum()) > 0  # the gradient reaches the lowest trained part
 
 
+def test_buffers_of_any_memory_layout(monkeypatch):
+    """Fitted thresholds often come Fortran-ordered (the module's buffer is then a strided view)."""
+    params = _larger_block()
+    fortran = params.replace(thresholds=np.asfortranarray(params.thresholds))
+    assert not WeightlessBlock.from_params(fortran).thresholds.is_contiguous()
+    x = _larger_inputs(params)
+    y, grads, _ = train_pass(fortran, x, fused=True, monkeypatch=monkeypatch)
+    y_staged, grads_staged, _ = train_pass(params, x, fused=False, monkeypatch=monkeypatch)
+    assert same_bits(y, y_staged) and same_bits(y, evaluate(params, x))
+    assert_same_gradients(grads, grads_staged)
+
+
 @pytest.mark.parametrize("candidates", [1, 4])
 def test_results_do_not_depend_on_the_thread_count(monkeypatch, candidates):
     """Every output element is summed by one thread in a fixed order: 1 and 2 threads give the same bits."""
