@@ -116,7 +116,7 @@ class _Plan:
         self.layer_sizes = torch.tensor(module.layer_sizes, dtype=torch.int32)
         # Buffers may be views of any layout (fitted thresholds often come Fortran-ordered): C-contiguous copies.
         self.input_scale, self.thresholds, self.surrogate_width = (
-            b.contiguous() for b in (module.input_scale, module.thresholds, module.surrogate_width))
+            b.to(torch.float32).contiguous() for b in (module.input_scale, module.thresholds, module.surrogate_width))
         self.candidate_bits = self.spread = []
         if self.candidates > 1:
             self.candidate_bits = [module.candidates(k).to(torch.int32).contiguous() for k in layers]

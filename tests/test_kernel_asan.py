@@ -1,6 +1,7 @@
-"""The kernel tests (test_kernel.py: exactness and every invalid-parameter case) pass under
-AddressSanitizer with no report: a sanitized copy of the library is built from runtime/src and the
-tests run in a child pytest with libasan preloaded (Python itself is not instrumented)."""
+"""The native libraries' tests pass under AddressSanitizer with no report: the kernel's (test_kernel.py:
+exactness and every invalid-parameter case) and the fused training ops' (test_fused_training.py). A
+sanitized copy of each library is built from runtime/src and its tests run in a child pytest with libasan
+preloaded (Python itself is not instrumented)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,13 @@ def gcc_library(name: str) -> str:
     return found
 
 
-def test_kernel_tests_pass_under_address_sanitizer(tmp_path):
-    library = native_build().build_library(tmp_path / "libquweit_ort_asan.so", sanitize="address")
+@pytest.mark.parametrize("library, variable, tests", [
+    ("ORT_KERNEL", "QUWEIT_ORT_LIBRARY", "test_kernel.py"),
+    ("TRAIN_OPS", "QUWEIT_TRAIN_LIBRARY", "test_fused_training.py"),
+])
+def test_library_tests_pass_under_address_sanitizer(tmp_path, library, variable, tests):
+    native = native_build()
+    library = native.build_library(tmp_path / "libquweit_asan.so", sanitize="address", library=getattr(native, library))
     needed = subprocess.run(["readelf", "-d", str(library)], capture_output=True, text=True).stdout
     assert "libasan" in needed, "the sanitized build does not link libasan"
     env = dict(
@@ -38,13 +44,13 @@ def test_kernel_tests_pass_under_address_sanitizer(tmp_path):
         # libstdc++ too: ASan's __cxa_throw interceptor needs it loaded at start-up, and Python does not
         # link it (without it, the first C++ exception - every invalid-parameter case - aborts).
         LD_PRELOAD=f"{gcc_library('libasan.so')} {gcc_library('libstdc++.so')}",
-        QUWEIT_ORT_LIBRARY=str(library),
+        **{variable: str(library)},
         QUWEIT_KERNEL_EXAMPLES="40",
         # Leak checking would report CPython's and onnxruntime's intentional process-lifetime allocations.
         ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:strict_string_checks=1",
     )
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_kernel.py"), "-q", "-x", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", str(ROOT / "tests" / tests), "-q", "-x", "-p", "no:cacheprovider"],
         cwd=ROOT / "tests", env=env, capture_output=True, text=True, timeout=600,
     )
     output = result.stdout + result.stderr
