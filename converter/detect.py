@@ -14,9 +14,9 @@ import onnx_ir as ir
 import onnxscript.optimizer
 from onnx_ir.passes.common import NameFixPass, RemoveUnusedOpsetsPass
 from quweit.custom_ops import WeightlessBlockParams, attach_decomposition
+from quweit.onnxio import upgrade_opset
 
 from .mlp import MlpMatch
-from .modelio import upgrade_opset
 from .rules import activation_fusions, inline_activations, mlp_rules
 
 
