@@ -148,9 +148,11 @@ class FusedBlock(torch.autograd.Function):
         tables = parameters[:layers]
         acc = torch.empty(plan.tokens, plan.module.out_features)
         addresses = [torch.empty(plan.tokens, t.shape[0], dtype=torch.uint8) for t in tables]
-        # Packed layer inputs (uint64 words, held as int64), read by the mapping-weight gradient.
-        words = [(width + 63) // 64 for width in (plan.module.thresholds.numel(), *plan.module.layer_sizes[:-1])]
-        input_bits = [torch.empty(plan.tokens, w, dtype=torch.int64) for w in words] if plan.candidates > 1 else []
+        # Layer inputs, one row of packed tokens per input bit (uint64 words, held as int64), read by the
+        # mapping-weight gradient.
+        widths = (plan.module.thresholds.numel(), *plan.module.layer_sizes[:-1])
+        words = (plan.tokens + 63) // 64
+        input_bits = [torch.empty(w, words, dtype=torch.int64) for w in widths] if plan.candidates > 1 else []
         block, keep = plan.struct(tables, values, bias)
         error = ctypes.create_string_buffer(_ERROR_SIZE)
         status = _library().quweit_train_forward(

@@ -19,10 +19,19 @@
 #include <thread>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace {
 
-constexpr int64_t kTokenChunk = 32;  // tokens per task of the token-parallel passes
+// Tokens per task of the token-parallel passes: 64, so each task owns whole words of the token-major bit rows.
+constexpr int64_t kTokenChunk = 64;
 constexpr int kLutBlock = 64;        // LUTs per task of the table-gradient pass (their rows stay in L1/L2)
+// With mapping-weight gradients, a task takes fewer LUTs and the tokens in chunks, so its slot gradients
+// ([LUTs * n, chunk] floats) stay in L2.
+constexpr int kWeightLutBlock = 16;
+constexpr int64_t kWeightTokens = 512;
 constexpr int kOutputBlock = 64;     // outputs per task of the bias-gradient pass
 
 struct Failure {
@@ -38,7 +47,7 @@ struct Shape {
   std::vector<int> width;  // width[0] = N_0 = D_in * T, width[k + 1] = L_k
   int max_width = 0;
   int lut_count(int k) const { return width[k + 1]; }
-  int64_t input_words(int k) const { return (width[k] + 63) / 64; }  // per token, packed layer-k input bits
+  int64_t token_words() const { return (tokens + 63) / 64; }  // per input bit, its tokens' bits packed
 };
 
 Shape validate(const QuweitTrainBlock* b) {
@@ -131,11 +140,6 @@ std::vector<uint64_t> pack_signs(const float* table, int rows, const Shape& s) {
     for (int a = 0; a < s.entries; ++a) out[a >> 6] |= static_cast<uint64_t>(row[a] > 0.0f) << (a & 63);
   }
   return packed;
-}
-
-void pack_bits(const uint8_t* bits, int64_t count, uint64_t* out) {
-  std::fill_n(out, (count + 63) / 64, uint64_t{0});
-  for (int64_t i = 0; i < count; ++i) out[i >> 6] |= static_cast<uint64_t>(bits[i]) << (i & 63);
 }
 
 // Spec 3.1-3.2 as the shim computes them in float32: q = clamp(round(x * scale)) (NaN -> 0), bit = q > thr.
@@ -250,8 +254,12 @@ void forward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, float*
   std::vector<std::vector<uint64_t>> signs;
   for (int k = 0; k < s.layers; ++k) signs.push_back(pack_signs(b->tables[k], s.lut_count(k), s));
   const int64_t tasks = (s.tokens + kTokenChunk - 1) / kTokenChunk;
+  const bool keep_inputs = input_bits != nullptr;
   parallel_tasks(tasks, threads, [&](int64_t task) {
     std::vector<uint8_t> current(s.max_width), next(s.max_width);
+    // This task's word (its 64 tokens) of every input bit's token row, per layer (kept for the mapping weights).
+    std::vector<std::vector<uint64_t>> token_bits(keep_inputs ? s.layers : 0);
+    for (int k = 0; k < static_cast<int>(token_bits.size()); ++k) token_bits[k].assign(s.width[k], 0);
     const int64_t end = std::min(s.tokens, (task + 1) * kTokenChunk);
     const float* values = b->values;
     const float* bias = b->bias;
@@ -259,7 +267,10 @@ void forward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, float*
       thermometer(b, s, x + t * s.in_features, current.data());
       for (int k = 0; k < s.layers; ++k) {
         const int luts = s.lut_count(k);
-        if (input_bits && input_bits[k]) pack_bits(current.data(), s.width[k], input_bits[k] + t * s.input_words(k));
+        if (keep_inputs) {
+          uint64_t* word = token_bits[k].data();
+          for (int i = 0; i < s.width[k]; ++i) word[i] |= static_cast<uint64_t>(current[i]) << (t & 63);
+        }
         Lut<N>::forward(current.data(), b->mapping[k], signs[k].data(), luts, addresses[k] + t * luts, next.data());
         std::swap(current, next);
       }
@@ -275,7 +286,43 @@ void forward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, float*
         out[o] = static_cast<float>(total + static_cast<double>(bias[o]));
       }
     }
+    for (int k = 0; k < static_cast<int>(token_bits.size()); ++k)
+      for (int i = 0; i < s.width[k]; ++i) input_bits[k][i * s.token_words() + task] = token_bits[k][i];
   });
+}
+
+// sum over tokens t of (bit t of `bits` ? +g[t] : -g[t]) for `count` tokens (from a multiple of 64), in eight
+// float32 lanes (lane j: tokens t = j mod 8 in order; the last count % 8 tokens go to lanes 0, 1, ...), then
+// ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)): the same result with SSE2 (x86-64 baseline) or without.
+float signed_sum(const float* g, const uint64_t* bits, int64_t count) {
+  const int64_t body = count & ~int64_t{7};
+  float lane[8];
+#if defined(__SSE2__)
+  // Sign-flip masks for the 16 values of 4 bits: lane j negated where bit j is 0.
+  alignas(16) static const uint32_t flips[16][4] = {
+#define QUWEIT_FLIP(v) {((v) & 1) ? 0u : 0x80000000u, ((v) & 2) ? 0u : 0x80000000u, ((v) & 4) ? 0u : 0x80000000u, ((v) & 8) ? 0u : 0x80000000u}
+      QUWEIT_FLIP(0), QUWEIT_FLIP(1), QUWEIT_FLIP(2),  QUWEIT_FLIP(3),  QUWEIT_FLIP(4),  QUWEIT_FLIP(5),
+      QUWEIT_FLIP(6), QUWEIT_FLIP(7), QUWEIT_FLIP(8),  QUWEIT_FLIP(9),  QUWEIT_FLIP(10), QUWEIT_FLIP(11),
+      QUWEIT_FLIP(12), QUWEIT_FLIP(13), QUWEIT_FLIP(14), QUWEIT_FLIP(15)};
+#undef QUWEIT_FLIP
+  // Two accumulators (lanes 0-3 and 4-7): the additions of consecutive steps do not wait for each other.
+  __m128 low = _mm_setzero_ps(), high = _mm_setzero_ps();
+  for (int64_t t = 0; t < body; t += 8) {
+    const unsigned byte = static_cast<unsigned>(bits[t >> 6] >> (t & 63)) & 255u;
+    const __m128 flip_low = _mm_load_ps(reinterpret_cast<const float*>(flips[byte & 15u]));
+    const __m128 flip_high = _mm_load_ps(reinterpret_cast<const float*>(flips[byte >> 4]));
+    low = _mm_add_ps(low, _mm_xor_ps(_mm_loadu_ps(g + t), flip_low));
+    high = _mm_add_ps(high, _mm_xor_ps(_mm_loadu_ps(g + t + 4), flip_high));
+  }
+  _mm_storeu_ps(lane, low);
+  _mm_storeu_ps(lane + 4, high);
+#else
+  for (float& l : lane) l = 0.0f;
+  for (int64_t t = 0; t < body; t += 8)
+    for (int j = 0; j < 8; ++j) lane[j] += ((bits[(t + j) >> 6] >> ((t + j) & 63)) & 1u) ? g[t + j] : -g[t + j];
+#endif
+  for (int64_t t = body, j = 0; t < count; ++t, ++j) lane[j] += ((bits[t >> 6] >> (t & 63)) & 1u) ? g[t] : -g[t];
+  return ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
 }
 
 struct Gradients {
@@ -357,8 +404,9 @@ void backward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, const
   std::vector<Task> tasks;
   for (int k = 0; k < s.layers; ++k) {
     if (!out.table(k) && !out.weight(k) && !(k == top && out.values)) continue;
-    for (int64_t r = 0; r < s.lut_count(k); r += kLutBlock)
-      tasks.push_back({k, r, std::min<int64_t>(r + kLutBlock, s.lut_count(k))});
+    const int block = out.weight(k) ? kWeightLutBlock : kLutBlock;
+    for (int64_t r = 0; r < s.lut_count(k); r += block)
+      tasks.push_back({k, r, std::min<int64_t>(r + block, s.lut_count(k))});
   }
   if (out.bias)
     for (int64_t o = 0; o < outputs; o += kOutputBlock) tasks.push_back({-1, o, std::min<int64_t>(o + kOutputBlock, outputs)});
@@ -393,34 +441,44 @@ void backward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, const
       }
       if (values_wanted) std::copy_n(top_signs.data() + task.first * Lut<N>::kWords, count * Lut<N>::kWords, signs);
     }
-    // Mapping weights: sum over tokens of (2 * bit(candidate) - 1) * slot gradient, per (slot, candidate).
+    // Mapping weights: sum over tokens of (2 * bit(candidate) - 1) * slot gradient, per (slot, candidate): the
+    // slot gradients of a chunk of tokens are laid out per slot, then summed against each candidate's token
+    // row (float32 lanes per chunk, chunks added in double).
+    const int64_t chunk = weights_wanted ? std::min(kWeightTokens, s.tokens) : 0;
+    // Row stride of one cache line more than the chunk: a power-of-two stride would map the rows written for
+    // one token onto a few cache sets.
+    const int64_t stride = chunk + 16;
+    std::vector<float> slot_grad(static_cast<size_t>(count) * N * stride);
     std::vector<double> weight_total(weights_wanted ? static_cast<size_t>(count) * N * C : 0, 0.0);
     float g[kLutBlock];
-    for (int64_t t = 0; t < s.tokens; ++t) {
-      const uint8_t* __restrict address = addresses[k] + t * luts + task.first;
-      if (k == top) {
-        const float* __restrict ga = grad_acc + t * outputs;
-        for (int i = 0; i < count; ++i) g[i] = ga[output[i]] * value[i];
-        if (values_wanted)
-          for (int i = 0; i < count; ++i)
-            value_total[i] += static_cast<double>(ga[output[i]]) * Lut<N>::sign(signs, i, address[i]);
-      } else {
-        std::copy_n(hidden_grad[k].data() + t * luts + task.first, count, g);
-      }
-      if (tables_wanted)
-        for (int i = 0; i < count; ++i) row[i * E + address[i]] += g[i];
-      if (weights_wanted) {
-        const uint64_t* bits = input_bits[k] + t * s.input_words(k);
-        for (int i = 0; i < count; ++i) {
-          const int64_t r = task.first + i;
-          const float* w = Lut<N>::record(per_address[k], r, address[i]);
-          for (int l = 0; l < N; ++l) {
-            const double slot = g[i] * w[l];
-            const double signed_slot[2] = {-slot, slot};  // indexed by the bit: no unpredictable branch
-            const int32_t* cand = b->candidate_bits[k] + (r * N + l) * C;
-            double* total = weight_total.data() + (static_cast<int64_t>(i) * N + l) * C;
-            for (int c = 0; c < C; ++c) total[c] += signed_slot[(bits[cand[c] >> 6] >> (cand[c] & 63)) & 1u];
+    for (int64_t start = 0; start < s.tokens; start += weights_wanted ? chunk : s.tokens) {
+      const int64_t stop = weights_wanted ? std::min(s.tokens, start + chunk) : s.tokens;
+      for (int64_t t = start; t < stop; ++t) {
+        const uint8_t* __restrict address = addresses[k] + t * luts + task.first;
+        if (k == top) {
+          const float* __restrict ga = grad_acc + t * outputs;
+          for (int i = 0; i < count; ++i) g[i] = ga[output[i]] * value[i];
+          if (values_wanted)
+            for (int i = 0; i < count; ++i)
+              value_total[i] += static_cast<double>(ga[output[i]]) * Lut<N>::sign(signs, i, address[i]);
+        } else {
+          std::copy_n(hidden_grad[k].data() + t * luts + task.first, count, g);
+        }
+        if (tables_wanted)
+          for (int i = 0; i < count; ++i) row[i * E + address[i]] += g[i];
+        if (weights_wanted)
+          for (int i = 0; i < count; ++i) {
+            const float* w = Lut<N>::record(per_address[k], task.first + i, address[i]);
+            for (int l = 0; l < N; ++l) slot_grad[(static_cast<int64_t>(i) * N + l) * stride + (t - start)] = g[i] * w[l];
           }
+      }
+      if (weights_wanted) {
+        const int64_t words = s.token_words();
+        for (int64_t slot = 0; slot < static_cast<int64_t>(count) * N; ++slot) {
+          const int32_t* cand = b->candidate_bits[k] + (task.first * N + slot) * C;
+          const float* grad = slot_grad.data() + slot * stride;
+          for (int c = 0; c < C; ++c)
+            weight_total[slot * C + c] += signed_sum(grad, input_bits[k] + cand[c] * words + start / 64, stop - start);
         }
       }
     }

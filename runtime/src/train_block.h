@@ -39,9 +39,9 @@ struct QuweitTrainBlock {
 };
 
 // acc [B, D_out] = bias + sum of the values of the group's LUTs that are 1 (exact: summed in double, rounded
-// once); addresses[k] [B, L_k] (uint8) receive each LUT's address for the backward; input_bits[k] (null, or
-// [B, ceil(N_k / 64)] uint64) receive layer k's input bits, packed (bit i of a token's row: input bit i), which
-// the mapping-weight gradient reads. Returns 0, or nonzero with a message in `error` (a mapping index out of
+// once); addresses[k] [B, L_k] (uint8) receive each LUT's address for the backward; input_bits (null, or K
+// pointers to [N_k, ceil(B / 64)] uint64) receive layer k's input bits, one row of packed tokens per input bit
+// (bit t of a row: token t), which the mapping-weight gradient reads. Returns 0, or nonzero with a message in `error` (a mapping index out of
 // range, a null pointer, an unsupported size).
 int quweit_train_forward(const QuweitTrainBlock* block, const float* x, float* acc, uint8_t* const* addresses,
                          uint64_t* const* input_bits, int threads, char* error, size_t error_size);
