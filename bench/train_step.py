@@ -14,9 +14,11 @@ LUTs), both trained by Adam on MSE at 2048 tokens per step; a step is forward + 
 
 Steps of all variants alternate round by round (machine noise hits them alike); medians over `--repeats`
 rounds after two warm-up rounds. Before timing, the fused and per-stage paths are checked to compute the
-same outputs (bit for bit) and gradients (to float32 summation order).
+same outputs (bit for bit) and gradients (to float32 summation order). On a loaded machine wall times
+mostly measure the scheduler, so the process CPU time per step with one thread is recorded as well
+(`train_step_cpu_ratio_1t`: block / dense, both single-threaded, interleaved, medians).
 
-    python bench/train_step.py [--json PATH [--force]] [--tokens 2048] [--repeats 15] [--threads 2]
+    python bench/train_step.py [--json PATH [--force]] [--tokens 2048] [--repeats 15] [--threads 2] [--cpu-repeats 7]
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ class Trainer:
         self.optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
         self.after = getattr(module, "clamp_tables_", None)
 
-    def step(self) -> float:
+    def step(self, clock=time.perf_counter) -> float:
         os.environ[fused_training.ENABLE_ENV] = "1" if self.fused else "0"
-        start = time.perf_counter()
+        start = clock()
         loss = ((self.module(self.x) - self.target) ** 2).mean()
         self.optimizer.zero_grad(set_to_none=True)
         self.x.grad = None
@@ -57,7 +59,7 @@ class Trainer:
         self.optimizer.step()
         if self.after:
             self.after()
-        return time.perf_counter() - start
+        return clock() - start
 
 
 def block_params(d: int):
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=15, help="timed rounds (each runs every variant once)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (the fused ops use as many)")
     p.add_argument("--candidates", type=int, default=4, help="mapping candidates per slot of the learnable variant")
+    p.add_argument("--cpu-repeats", type=int, default=7, help="rounds of the 1-thread CPU-time measurement")
     args = p.parse_args(argv)
     if args.json:
         refuse_to_clobber(args.json, args.force)
@@ -142,7 +145,19 @@ def main(argv: list[str] | None = None) -> dict:
             elapsed = trainers[name].step()
             if round_ >= 2:
                 times[name].append(elapsed)
+    cpu = {name: [] for name in ("dense", "block")}
+    torch.set_num_threads(1)
+    for round_ in tqdm(range(args.cpu_repeats + 1), desc="1-thread CPU-time rounds", file=sys.stderr):
+        for name in (("dense", "block") if round_ % 2 else ("block", "dense")):
+            elapsed = trainers[name].step(clock=time.process_time)
+            if round_ >= 1:
+                cpu[name].append(elapsed)
+    torch.set_num_threads(args.threads)
     os.environ.pop(fused_training.ENABLE_ENV, None)
+    for name, t in cpu.items():
+        results[f"{name}_cpu_ms_1t"] = 1e3 * statistics.median(t)
+    results["train_step_cpu_ratio_1t"] = results["block_cpu_ms_1t"] / results["dense_cpu_ms_1t"]
+    results["cpu_repeats"] = args.cpu_repeats
     ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     for name, t in times.items():
         results[f"{name}_ms"] = ms[name]
@@ -163,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"(with input gradient {results['train_step_ratio_input_grad']:.2f}x; per-stage torch path "
           f"{results['staged_ratio']:.2f}x; learnable mapping, {args.candidates} candidates, "
           f"{results['learnable_mapping_ratio']:.2f}x)")
+    print(f"1 thread, CPU time per step: dense {results['dense_cpu_ms_1t']:.1f} ms, block {results['block_cpu_ms_1t']:.1f} ms "
+          f"({results['train_step_cpu_ratio_1t']:.2f}x)")
     finish(results, args.json, args.force)
     return results
 
