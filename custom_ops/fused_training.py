@@ -10,17 +10,20 @@ needs only g++ (no torch headers); `pip install .` builds it beside the onnxrunt
 Numerics, against the per-stage path (tests/test_fused_training.py):
 - forward: bit for bit. The conditional sum is exact in both (integer-valued terms summed in float64 and
   rounded once), so training mode equals the op's integer semantics whenever the accumulator fits int32;
-- gradients: the same float32 products (`g * EFD weight`, `grad_acc * value`, the thermometer surrogate);
-  table and input-bit gradients are summed in the per-stage path's order as well, the thermometer's T terms
-  in order, and value and bias gradients in float64 - so they differ from the per-stage path (torch's own
-  reductions) only by float32 summation order: within a few float32 ulps of the largest term
-  (tests: rtol 1e-5, atol 1e-6 relative to the gradient scale).
+- gradients: the same float32 products (`g * EFD weight`, `grad_acc * value`, the thermometer surrogate,
+  the slot gradient's share per candidate). Table and input-bit gradients are summed in the per-stage path's
+  order too (its `index_add_`s), value and bias gradients in float64 (as the per-stage path now does, but
+  torch reduces in its own order), the thermometer's T terms in order, the mapping weights' in float32 lanes
+  per chunk of tokens then float64 (the per-stage path: a float32 einsum per chunk). So they differ from the
+  per-stage path only by summation order: a few float32 ulps of the largest term (tests: rtol 1e-5 and atol
+  1e-6 times the gradient's largest magnitude). At the sizes tested most gradients come out bit-identical.
 - deterministic and independent of the thread count: every output element is summed by one thread in a
-  fixed order (token chunks for the forward and input gradients, LUT blocks for table and value gradients).
+  fixed order (token chunks for the forward and input gradients, LUT blocks for table, value and
+  mapping-weight gradients).
 
 The learnable mapping (`candidates > 1`) is fused as well: the forward reads each slot's chosen candidate
-and keeps the layer inputs bit-packed; the backward spreads each slot's gradient over its candidates
-(input bits, in the per-stage path's order) and sums the mapping-weight gradients per slot in float64.
+and keeps each layer's input bits as one packed row of tokens per bit; the backward spreads each slot's
+gradient over its candidates (input bits) and sums each candidate's weight gradient against its row.
 Set `QUWEIT_FUSED_TRAINING=0` to use the per-stage path everywhere; without the library
 (`QUWEIT_SKIP_KERNEL=1` installs) it is used automatically.
 """
@@ -33,7 +36,7 @@ import os
 
 import torch
 
-from .efd import _efd_matrix_cached
+from .efd import efd_weights
 from .errors import WeightlessBlockError
 from .learnable_mapping import chosen_indices
 
@@ -184,11 +187,8 @@ class FusedBlock(torch.autograd.Function):
         # weights are trained.
         per_address, below = [], want_x
         for k, table in enumerate(tables):
-            if below or want_weights[k]:
-                matrix = _efd_matrix_cached(plan.module.lut_inputs).to(table.dtype)
-                per_address.append(torch.einsum("lak,rk->ral", matrix, table).contiguous())
-            else:
-                per_address.append(None)
+            per_address.append(efd_weights(table, plan.module.lut_inputs).contiguous()
+                               if below or want_weights[k] else None)
             below = below or want_tables[k] or want_weights[k]
         grad_acc = grad_acc.contiguous()  # kept in a name: a temporary would be freed before the call
         block, keep = plan.struct(tables, values, bias)
