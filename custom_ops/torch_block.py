@@ -4,6 +4,8 @@ Training mode: a thermometer with a straight-through surrogate gradient to `x`, 
 gradients (`efd`), a learnable mapping over candidate subsets (`learnable_mapping`), and a conditional
 summation whose encoded values and biases are learnt in output units and rounded to integers in every
 forward (quantization-aware, straight-through), so `to_params()` exports exactly what was trained.
+Training runs on the fused native ops (`fused_training`, two calls per step) when the library is built,
+otherwise stage by stage in torch; both compute the same outputs bit for bit.
 Eval mode runs the integer semantics of docs/weightless_block.md section 3 with torch ops.
 """
 

@@ -448,7 +448,7 @@ void backward_n(const QuweitTrainBlock* b, const Shape& s, const float* x, const
     // Row stride of one cache line more than the chunk: a power-of-two stride would map the rows written for
     // one token onto a few cache sets.
     const int64_t stride = chunk + 16;
-    std::vector<float> slot_grad(static_cast<size_t>(count) * N * stride);
+    std::vector<float> slot_grad(weights_wanted ? static_cast<size_t>(count) * N * stride : 0);
     std::vector<double> weight_total(weights_wanted ? static_cast<size_t>(count) * N * C : 0, 0.0);
     float g[kLutBlock];
     for (int64_t start = 0; start < s.tokens; start += weights_wanted ? chunk : s.tokens) {
