@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import platform
 import sys
 
 import numpy as np
@@ -26,7 +25,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from _common import alternate_timings, finish, record_timings, refuse_to_clobber
+from _common import alternate_timings, cpu_name, finish, record_timings, refuse_to_clobber
 
 HIDDEN, INTERMEDIATE = 384, 1536
 TOKENS = (1, 4, 16, 128, 2048)
@@ -148,13 +147,6 @@ def isa_in_use() -> str:
         return forced
     flags = open("/proc/cpuinfo").read().split()
     return "avx512" if {"avx512f", "avx512bw"} <= set(flags) else "avx2" if "avx2" in flags else "generic"
-
-
-def cpu_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main(argv: list[str] | None = None) -> dict:
