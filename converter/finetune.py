@@ -182,7 +182,11 @@ def finetune(
     generator = np.random.default_rng(options.seed)
     step, losses, elapsed = 0, [], 0.0
     if resume is not None:
-        state = torch.load(resume, weights_only=False)
+        try:  # tensors and plain values only: a checkpoint is never unpickled
+            state = torch.load(resume, weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError by the kind of damage
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{resume}: not a quweit-finetune checkpoint ({first})") from err
         graph.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.bit_generator.state = state["generator"]
