@@ -217,10 +217,14 @@ def finetune(model: Path, data: Path, output: Path, budget: Budget, *, lr: float
     code = finetune_main(args)
     if code:
         raise SystemExit(f"quweit-finetune failed with exit code {code}")
-    state = torch.load(output.with_name(output.name + ".ckpt"), weights_only=True)
-    return {"steps": int(state["step"]), "batch_size": budget.batch_size, "dense_lr": budget.lr, "lr": lr,
+
+    def summary() -> dict:  # rank 0 writes the checkpoint: the others read its summary from there
+        state = torch.load(output.with_name(output.name + ".ckpt"), weights_only=True)
+        return {"steps": int(state["step"]), "loss_first": float(state["losses"][0]),
+                "loss_last_100": _tail(state["losses"])}
+
+    return {**on_rank0(summary), "batch_size": budget.batch_size, "dense_lr": budget.lr, "lr": lr,
             "value_lr": value_lr, "schedule": budget.schedule, "seconds": round(time.monotonic() - start, 1),
-            "loss_first": float(state["losses"][0]), "loss_last_100": _tail(state["losses"]),
             "command": "quweit-finetune " + shlex.join(args)}
 
 
