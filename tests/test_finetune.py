@@ -277,3 +277,17 @@ def test_cli_keeps_a_process_group_it_did_not_create(pair, tmp_path):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_task_loss_takes_class_labels_and_per_token_labels_and_ignores_minus_100():
+    from quweit.converter.finetune import task_loss
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 5, 7, generator=generator)
+    labels = torch.randint(0, 7, (4, 5), generator=generator)
+    per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), labels.reshape(-1), reduction="none")
+    torch.testing.assert_close(task_loss(logits, labels), per_token.mean())  # a char LM: [B, S, V] and [B, S]
+    torch.testing.assert_close(task_loss(logits[:, 0], labels[:, 0]), per_token.reshape(4, 5)[:, 0].mean())  # [B]
+    ignored = labels.clone()
+    ignored[:, :2] = -100  # e.g. prompt or padding positions
+    torch.testing.assert_close(task_loss(logits, ignored), per_token.reshape(4, 5)[:, 2:].mean())
