@@ -128,7 +128,7 @@ def main() -> None:
     g.add_argument("--sample-chars", type=int, default=200)
     g.add_argument("--temperature", type=float, default=0.8)
     pc.add_arguments(p, steps=2000, batch_size=32, lr=2e-3, finetune_steps=1000, finetune_dense_lr=5e-4,
-                     calib=256, sweep_steps=500, hidden_example=2048)
+                     calib=256, sweep_steps=300, hidden_example=2048)
     args = p.parse_args()
     pc.quick(args)
     if args.quick:

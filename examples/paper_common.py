@@ -362,7 +362,7 @@ def run(exp: Experiment, args, *, splits: dict[str, dict[str, np.ndarray]], buil
     """Train, convert, fine-tune and evaluate as the module docstring says; returns (and on rank 0 writes) the
     results. `evaluate(path)` returns `{"test": metric, "validation": metric, ...}` (extra keys are kept)."""
     rank, _ = init_distributed(args.threads)
-    started, load_start = time.monotonic(), [round(v, 2) for v in os.getloadavg()]
+    started, load_start, commit = time.monotonic(), [round(v, 2) for v in os.getloadavg()], git_commit()
     out = Path(args.out or on_rank0(lambda: tempfile.mkdtemp(prefix=f"quweit-{exp.name}-")))
     out.mkdir(parents=True, exist_ok=True)
     train = splits["train"]
@@ -389,7 +389,7 @@ def run(exp: Experiment, args, *, splits: dict[str, dict[str, np.ndarray]], buil
     stages = (_sweep(exp, args, out, exp.sweep[:2] if args.quick else exp.sweep, evaluate) if args.sweep
               else _three_models(exp, args, out, block, budget, evaluate))
     results.update(stages)
-    results.update({"command": command_line(), "git_commit": git_commit(), "machine": machine(),
+    results.update({"command": command_line(), "git_commit": commit, "machine": machine(),
                     "load_average_start": load_start, "wall_seconds": round(time.monotonic() - started, 1)})
     if rank == 0:
         name = f"{exp.name}{'_sweep' if args.sweep else ''}{'_quick' if args.quick else ''}.json"

@@ -100,7 +100,7 @@ def main() -> None:
     g.add_argument("--depth", type=int, default=4)
     g.add_argument("--heads", type=int, default=4)
     pc.add_arguments(p, steps=2000, batch_size=128, lr=1e-3, finetune_steps=1000, finetune_dense_lr=3e-4,
-                     calib=1024, sweep_steps=600, hidden_example=1024)
+                     calib=1024, sweep_steps=500, hidden_example=1024)
     args = p.parse_args()
     pc.quick(args)
     splits = load_splits(args.seed, args.quick)
