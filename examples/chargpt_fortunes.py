@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import datasets
 import numpy as np
+import paper_common as pc
 import torch
 from torch import nn
-
-import datasets
-import paper_common as pc
 
 EXPERIMENT = pc.Experiment(
     name="chargpt_fortunes", task="next-character prediction on the Debian fortunes corpus",
@@ -143,7 +142,9 @@ def main() -> None:
                                  seed=args.seed, temperature=args.temperature)}
 
     results = pc.run(EXPERIMENT, args, splits=splits, build=lambda: CharGPT(**config), input_name="input_ids",
-                     dynamic={0: "batch", 1: "sequence"}, evaluate=evaluate, describe={
+                     dynamic={0: "batch", 1: "sequence"}, evaluate=evaluate,
+                     # scores + weighted sum (2 products) over the causal past, (context + 1) / 2 positions on average
+                     attention_macs=args.depth * (args.context + 1) * args.dim, describe={
                          "data": {"train_windows": len(splits["train"]["input_ids"]),
                                   "held_out_characters": {n: int(s[pc.LABELS].size) for n, s in splits.items()
                                                           if n != "train"},

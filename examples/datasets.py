@@ -94,7 +94,7 @@ def fortune_entries() -> list[str]:
         text = path.read_text(encoding="utf-8", errors="replace")
         text = re.sub(r".\x08", "", text)
         text = re.sub(r"[^\x20-\x7e\n\t]", "", text).replace("\t", "    ")
-        entries.extend(e.strip("\n") for e in re.split(r"^%$", text, flags=re.M) if e.strip())
+        entries.extend(e.strip("\n") for e in re.split(r"^%$", text, flags=re.MULTILINE) if e.strip())
     return entries
 
 

@@ -358,9 +358,12 @@ def quick(args) -> None:
 
 
 def run(exp: Experiment, args, *, splits: dict[str, dict[str, np.ndarray]], build: Callable[[], nn.Module],
-        input_name: str, dynamic: dict[int, str], evaluate: Callable[[Path], dict], describe: dict) -> dict:
+        input_name: str, dynamic: dict[int, str], evaluate: Callable[[Path], dict], describe: dict,
+        attention_macs: int) -> dict:
     """Train, convert, fine-tune and evaluate as the module docstring says; returns (and on rank 0 writes) the
-    results. `evaluate(path)` returns `{"test": metric, "validation": metric, ...}` (extra keys are kept)."""
+    results. `evaluate(path)` returns `{"test": metric, "validation": metric, ...}` (extra keys are kept).
+    `attention_macs`: activation x activation multiplications per token (scores and weighted sums), which
+    quweit-convert's count of weight products leaves out; the results give the share removed with them too."""
     rank, _ = init_distributed(args.threads)
     started, load_start, commit = time.monotonic(), [round(v, 2) for v in os.getloadavg()], git_commit()
     out = Path(args.out or on_rank0(lambda: tempfile.mkdtemp(prefix=f"quweit-{exp.name}-")))
@@ -389,6 +392,10 @@ def run(exp: Experiment, args, *, splits: dict[str, dict[str, np.ndarray]], buil
     stages = (_sweep(exp, args, out, exp.sweep[:2] if args.quick else exp.sweep, evaluate) if args.sweep
               else _three_models(exp, args, out, block, budget, evaluate))
     results.update(stages)
+    if "macs_per_token_before" in results:
+        before, after = (results[f"macs_per_token_{k}"] + attention_macs for k in ("before", "after"))
+        results.update({"attention_macs_per_token": attention_macs,
+                        "mult_share_removed_with_attention": 1.0 - after / before})
     results.update({"command": command_line(), "git_commit": commit, "machine": machine(),
                     "load_average_start": load_start, "wall_seconds": round(time.monotonic() - started, 1)})
     if rank == 0:

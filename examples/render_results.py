@@ -53,8 +53,8 @@ def _minutes(seconds: float) -> str:
 
 
 def results_table(found: dict[str, dict]) -> list[str]:
-    lines = ["| experiment | metric | dense | converted | from scratch | quweit vs dense | target | MLPs replaced | "
-             "multiplications removed | parameters | run |",
+    lines = [("| experiment | metric | dense | converted | from scratch | quweit vs dense | target | MLPs replaced | "
+              "multiplications removed | parameters | run |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, result in found.items():
         title, kind, tolerance = EXPERIMENTS[name]
@@ -89,8 +89,9 @@ def budgets(found: dict[str, dict]) -> list[str]:
 
 def samples(result: dict) -> list[str]:
     info = result["samples"]
-    lines = [f"{info['characters']} characters sampled by each model in onnxruntime with the kernel (prompt `{info['prompt']}`, seed "
-             f"{info['seed']}, temperature {info['temperature']}; `examples/results/chargpt_fortunes.json`):", ""]
+    lines = [(f"{info['characters']} characters sampled by each model in onnxruntime with the kernel (prompt "
+              f"`{info['prompt']}`, seed {info['seed']}, temperature {info['temperature']}; "
+              "`examples/results/chargpt_fortunes.json`):"), ""]
     for model in ("dense", "converted", "from_scratch"):
         lines += [f"{model.replace('_', ' ')}:", "", "```text", info["prompt"] + result[model]["sample"], "```", ""]
     return lines
@@ -136,9 +137,10 @@ def sweep_table(name: str, result: dict) -> list[str]:
     _, kind, _ = EXPERIMENTS[name]
     key = "test_accuracy" if kind == "percent" else "test_loss"
     lines = [f"![{name} sweep](examples/results/{name}_sweep.png)", "",
-             f"`{result['command']}` ({_minutes(result['wall_seconds'])}; dense {result['metric_name']} "
-             f"{fmt(result['dense_metric'], kind)}):", "",
-             "| n | T | G | hidden | LUTs | multiplications removed | " + result["metric_name"] + " |", "|---|---|---|---|---|---|---|"]
+             (f"`{result['command']}` ({_minutes(result['wall_seconds'])}; dense {result['metric_name']} "
+              f"{fmt(result['dense_metric'], kind)}):"), "",
+             f"| n | T | G | hidden | LUTs | multiplications removed | {result['metric_name']} |",
+             "|---|---|---|---|---|---|---|"]
     for p in result["sweep"]:
         b = p["block"]
         lines.append(f"| {b['lut_inputs']} | {b['thresholds']} | {b['luts_per_output']} | "

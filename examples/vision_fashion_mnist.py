@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import datasets
 import numpy as np
+import paper_common as pc
 import torch
 from torch import nn
-
-import datasets
-import paper_common as pc
 
 EXPERIMENT = pc.Experiment(
     name="vision_fashion_mnist", task="Fashion-MNIST 10-class image classification (Debian dataset-fashion-mnist)",
@@ -112,6 +111,7 @@ def main() -> None:
 
     pc.run(EXPERIMENT, args, splits=splits, build=lambda: ViT(**config), input_name="pixel_values",
            dynamic={0: "batch"}, evaluate=evaluate,
+           attention_macs=args.depth * 2 * ((28 // args.patch) ** 2 + 1) * args.dim,  # scores + weighted sum
            describe={"data": {name: len(split[pc.LABELS]) for name, split in splits.items()} | {
                "calibration": args.calib},
                "model": {"kind": "ViT (pre-norm, class token, patch embedding as reshape + Linear)", **config}})

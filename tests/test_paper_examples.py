@@ -23,12 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
-import chargpt_fortunes  # noqa: E402
-import datasets  # noqa: E402
-import paper_common as pc  # noqa: E402
-import render_results  # noqa: E402
-from quweit.converter.onnx_torch import OnnxGraphModule  # noqa: E402
-from quweit.custom_ops import read_blocks  # noqa: E402
+import chargpt_fortunes
+import datasets
+import paper_common as pc
+import render_results
+from quweit.converter.onnx_torch import OnnxGraphModule
+from quweit.custom_ops import read_blocks
 
 
 # ----- data ------------------------------------------------------------------------------------------
