@@ -14,9 +14,10 @@ import onnx_ir as ir
 import onnxscript.optimizer
 from onnx_ir.passes.common import NameFixPass, RemoveUnusedOpsetsPass
 from quweit.custom_ops import WeightlessBlockParams, attach_decomposition
+from quweit.onnxio import upgrade_opset
 
+from .bypass import Replacement
 from .mlp import MlpMatch
-from .modelio import upgrade_opset
 from .rules import activation_fusions, inline_activations, mlp_rules
 
 
@@ -116,12 +117,14 @@ def find_mlps(model: onnx.ModelProto) -> Detection:
     return Detection(mlps, rejected + _unmatched_linears(model, mlps, {w for w, _ in rejected}))
 
 
-def rewrite_mlps(model: onnx.ModelProto, params: dict[str, WeightlessBlockParams]) -> tuple[onnx.ModelProto, int]:
+def rewrite_mlps(model: onnx.ModelProto, params: dict[str, WeightlessBlockParams | Replacement]
+                 ) -> tuple[onnx.ModelProto, int]:
     """Replace the MLPs whose output name is a key of `params` by their blocks; returns (model, count).
 
-    Each block reads the MLP's input value and writes its output value (same names), so the rest of the
-    graph, its inputs/outputs and symbolic dimensions are untouched. The result carries the block's
-    ONNX-function decomposition, so stock onnxruntime runs it.
+    Each replacement reads the MLP's input value and writes its output value (same names), so the rest of
+    the graph, its inputs/outputs and symbolic dimensions are untouched; a `Replacement` with a bypass adds
+    its MatMuls' output to the block's. The result carries the block's ONNX-function decomposition, so
+    stock onnxruntime runs it.
     """
     recorder = _Recorder(lambda mlp: params.get(mlp.output, "not selected"))
     ir_model, count = _apply(model, recorder)
@@ -133,9 +136,13 @@ def rewrite_mlps(model: onnx.ModelProto, params: dict[str, WeightlessBlockParams
 
 
 def _name_blocks(ir_model: ir.Model, recorder: _Recorder) -> None:
+    """Name each block `<MLP output>/WeightlessBlock` (its parameters are named `<MLP output>.quweit.*`)."""
     for node in ir_model.graph:
-        if node.domain == "quweit" and node.outputs[0].name in recorder.found:
-            node.name = f"{node.outputs[0].name}/WeightlessBlock"
+        if node.domain != "quweit" or len(node.inputs) < 2 or node.inputs[1] is None:
+            continue
+        owner = node.inputs[1].name.rpartition(".quweit.")[0]
+        if owner in recorder.found:
+            node.name = f"{owner}/WeightlessBlock"
 
 
 def _unmatched_linears(model: onnx.ModelProto, mlps: list[MlpMatch], explained: set[str]) -> list[tuple[str, str]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import onnx
 import torch
 import torch.distributed as dist
+from quweit.onnxio import atomic_output, load_model, make_session
 
 from .onnx_torch import OnnxGraphModule, write_back
 
@@ -39,10 +39,13 @@ class FinetuneOptions:
     mask_input: str | None = "attention_mask"  # distil only real tokens when this input is present
     train_dense: bool = False  # also train the float initializers around the blocks (attention, norms, ...)
     dense_lr: float = 1e-4
+    bypass_lr: float = 1e-3  # low-rank linear bypasses beside the blocks (converter.bypass), always trained
     table_magnitude: float = 0.25  # |entry| of fitted tables: small enough that EFD can flip them
     budget_seconds: float | None = None
     trim_padding: bool = True  # drop sequence positions that are padding in every row of the batch
     schedule: str = "constant"  # or "cosine": every learning rate decays to 0 over the steps or the budget
+    warmup_steps: int = 0  # every learning rate rises linearly from 0 over the first steps (Adam's first
+    # updates are about lr in size whatever the gradient: without warm-up they jolt all pretrained weights)
 
 
 def check_data(data: Mapping[str, np.ndarray], model: onnx.ModelProto, *, source: str = "data") -> int:
@@ -99,20 +102,16 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path, force=True) as tmp:
+        torch.save(obj, tmp)
 
 
 class Teacher:
     """The original model in onnxruntime (one thread per process: ranks share the cores)."""
 
-    def __init__(self, model_path: str | Path, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    def __init__(self, model: str | Path | onnx.ModelProto, threads: int = 1) -> None:
+        source = model if isinstance(model, onnx.ModelProto) else load_model(model)
+        self.session = make_session(source, kernel=None, threads=threads)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -175,8 +174,11 @@ def finetune(
     values = [p for b in blocks.values() for p in (b.encoded_values, b.bias)]
     model = torch.nn.parallel.DistributedDataParallel(graph, forward_sync_buffers=False) if world > 1 else graph
     groups = [{"params": tables, "lr": options.lr}, {"params": values, "lr": options.value_lr}]
-    if len(graph.dense):
-        groups.append({"params": list(graph.dense.values()), "lr": options.dense_lr})
+    bypass = [graph.dense[k] for k in graph.bypass_keys]
+    dense = [p for k, p in graph.dense.items() if k not in graph.bypass_keys]
+    for params, lr in ((bypass, options.bypass_lr), (dense, options.dense_lr)):
+        if params:
+            groups.append({"params": params, "lr": lr})
     optimizer = torch.optim.Adam(groups)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a checkpoint's (scheduled) ones
     generator = np.random.default_rng(options.seed)
@@ -208,7 +210,8 @@ def finetune(
                 break
             progress_made = max(progress_made, elapsed / options.budget_seconds)
         for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * schedule_factor(options.schedule, progress_made)
+            warm = min(1.0, (step + 1) / options.warmup_steps) if options.warmup_steps else 1.0
+            group["lr"] = base * warm * schedule_factor(options.schedule, progress_made)
         batch = generator.choice(rows, size=options.batch_size, replace=rows < options.batch_size)
         mine = batch[rank * local:(rank + 1) * local]
         feeds = {n: np.ascontiguousarray(data[n][mine]) for n in names}
@@ -254,10 +257,3 @@ def _save_checkpoint(path: Path, step, losses, seconds, graph, optimizer, genera
     _atomic_torch_save({"step": step, "losses": losses, "seconds": seconds, "model": graph.state_dict(),
                         "optimizer": optimizer.state_dict(), "generator": generator.bit_generator.state}, path)
 
-
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Read a model as it is (no checker, no opset upgrade: the student is trained as given)."""
-    try:
-        return onnx.load(str(path))
-    except Exception as err:  # protobuf and I/O errors alike: say which file
-        raise ValueError(f"{path}: cannot read as an ONNX model ({err})") from err

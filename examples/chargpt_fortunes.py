@@ -11,7 +11,8 @@ character predicted from up to `--context` characters before it). Each model als
 characters from one prompt and one seed, sampled through onnxruntime with the kernel.
 `--sweep` trains the dense model once, then converts and fine-tunes it for each block structure.
 
-Set-up once: `python examples/datasets.py` (the Debian `fortunes` package). Then
+Data: the Debian `fortunes` and `fortunes-min` packages (set-up line in `converter/textdata.py` and the README).
+Then
 
     python examples/chargpt_fortunes.py [--quick] [--sweep] [--out DIR]
     torchrun --standalone --nproc_per_node 2 examples/chargpt_fortunes.py ...   # the same, DDP
@@ -25,9 +26,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import datasets
 import numpy as np
 import paper_common as pc
+import paper_data
 import torch
 from torch import nn
 
@@ -35,7 +36,7 @@ EXPERIMENT = pc.Experiment(
     name="chargpt_fortunes", task="next-character prediction on the Debian fortunes corpus",
     metric_name="test cross-entropy (nats/char)", metric_key="loss", higher_is_better=False,
     target="quweit test loss within 5% of dense (goal: 2%)", sweep=pc.sweep_blocks(2048))
-VOCAB = "\n" + "".join(chr(c) for c in range(0x20, 0x7F))  # datasets.fortune_entries keeps exactly these
+VOCAB = "\n" + "".join(chr(c) for c in range(0x20, 0x7F))  # paper_data.fortune_entries keeps exactly these
 SEPARATOR = "\n\n"  # between fortunes
 PROMPT = "The meaning of life is"
 
@@ -85,7 +86,7 @@ def windows(ids: np.ndarray, context: int, stride: int) -> dict[str, np.ndarray]
 
 
 def load_splits(context: int, quick: bool) -> dict[str, dict[str, np.ndarray]]:
-    texts = datasets.split_entries(datasets.fortune_entries())
+    texts = paper_data.split_entries(paper_data.fortune_entries())
     ids = {name: encode(SEPARATOR.join(entries) + SEPARATOR) for name, entries in texts.items()}
     if quick:
         ids = {name: v[: (60_000 if name == "train" else 10_000)] for name, v in ids.items()}

@@ -37,6 +37,7 @@ from quweit.converter.cli import main as convert_main
 from quweit.converter.finetune import LABELS, schedule_factor, task_loss
 from quweit.converter.finetune_cli import main as finetune_main
 from quweit.custom_ops import read_blocks
+from quweit.onnxio import write_json, write_npz
 from quweit.runtime import make_session
 from torch import nn
 
@@ -229,10 +230,7 @@ def finetune(model: Path, data: Path, output: Path, budget: Budget, *, lr: float
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return path
+    return write_npz(path, arrays, force=True)
 
 
 def session(path: Path, threads: int | None = None):
@@ -290,12 +288,8 @@ def command_line() -> str:
 
 
 def write_results(path: Path, results: dict) -> Path:
-    """Atomically write the experiment's JSON (the README's table and plots are rendered from it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write the experiment's JSON atomically (the README's table and plots are rendered from it)."""
+    return write_json(path, results, force=True)
 
 
 # ----- the experiment driver -------------------------------------------------------------------------

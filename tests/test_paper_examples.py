@@ -2,7 +2,7 @@
 readers, the dense trainer's DDP equivalence, the `--quick` pipeline end to end (export -> quweit-convert ->
 quweit-finetune -> onnxruntime with the kernel), and the README section rendered from the result files.
 
-The data come from Debian packages that the README's test command installs (or `python examples/datasets.py`).
+The data come from Debian packages that the README's test command installs (or the example data cache).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ EXAMPLES = ROOT / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 import chargpt_fortunes
-import datasets
 import paper_common as pc
+import paper_data
 import render_results
 from quweit.converter.onnx_torch import OnnxGraphModule
 from quweit.custom_ops import read_blocks
@@ -37,45 +37,38 @@ def test_idx_reader_reads_the_mnist_format(tmp_path):
     path = tmp_path / "x-idx3-ubyte.gz"
     with gzip.open(path, "wb") as f:
         f.write(b"\0\0\x08\x03" + b"".join(d.to_bytes(4, "big") for d in images.shape) + images.tobytes())
-    np.testing.assert_array_equal(datasets._idx(path), images)
+    np.testing.assert_array_equal(paper_data._idx(path), images)
     path.write_bytes(gzip.compress(b"\0\0\x0d\x01" + (3).to_bytes(4, "big") + b"\0" * 12))  # float32 IDX
     with pytest.raises(ValueError, match="not an IDX file of unsigned bytes"):
-        datasets._idx(path)
+        paper_data._idx(path)
 
 
 def test_fashion_mnist_is_installed_and_complete():
-    data = datasets.fashion_mnist()
+    data = paper_data.fashion_mnist()
     assert data["train_images"].shape == (60000, 28, 28) and data["test_images"].shape == (10000, 28, 28)
     assert sorted(np.unique(data["train_labels"])) == list(range(10))
     assert np.bincount(data["test_labels"]).tolist() == [1000] * 10
 
 
 def test_fortunes_are_installed_clean_and_split_stably():
-    entries = datasets.fortune_entries()
+    entries = paper_data.fortune_entries()
     assert len(entries) > 10000 and sum(map(len, entries)) > 2_000_000
     text = "".join(entries)
     assert set(text) <= set(chargpt_fortunes.VOCAB) and "\x08" not in text
-    splits = datasets.split_entries(entries)
-    again = datasets.split_entries(list(reversed(entries)))
+    splits = paper_data.split_entries(entries)
+    again = paper_data.split_entries(list(reversed(entries)))
     assert {k: sorted(v) for k, v in splits.items()} == {k: sorted(v) for k, v in again.items()}
     assert not set(splits["test"]) & set(splits["train"])
     assert 0.03 < len(splits["test"]) / len(entries) < 0.07
 
 
 def test_overstrike_and_foreign_characters_are_dropped(tmp_path, monkeypatch):
-    folder = tmp_path / datasets.FORTUNES
-    folder.mkdir(parents=True)
-    (folder / "computers").write_text("B\x08Bold caf\u00e9\n%\nsecond\tone\n%\n")
-    (folder / "computers.dat").write_bytes(b"\0binary index")
-    monkeypatch.setenv("QUWEIT_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(datasets, "locate", lambda relative, marker: tmp_path / relative)
-    assert datasets.fortune_entries() == ["Bold caf", "second    one"]
-
-
-def test_missing_data_names_the_setup_step(tmp_path, monkeypatch):
-    monkeypatch.setenv("QUWEIT_DATA_DIR", str(tmp_path))
-    with pytest.raises(datasets.MissingDataError, match="python examples/datasets.py"):
-        datasets.locate(Path("usr/share/nothing-here"), "file")
+    where = tmp_path / "usr/share/games/fortunes"
+    where.mkdir(parents=True)
+    (where / "computers").write_text("B\x08Bold caf\u00e9\n%\nsecond\tone\n%\n")
+    (where / "computers.dat").write_bytes(b"\0binary index")
+    monkeypatch.setenv("QUWEIT_DATA", str(tmp_path))
+    assert paper_data.fortune_entries() == ["Bold caf", "second    one"]
 
 
 def test_char_windows_predict_the_next_character():

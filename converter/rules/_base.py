@@ -15,11 +15,12 @@ from onnxscript.rewriter import pattern
 from onnxscript.rewriter._basics import MatchResult
 from quweit.custom_ops import DOMAIN, OP_TYPE, WeightlessBlockParams
 
+from ..bypass import Replacement, as_replacement
 from ..mlp import MlpMatch
 from .activations import ACTIVATION_OPS
 from .linear import NotALinear, read_linear
 
-Decide = Callable[[MlpMatch], WeightlessBlockParams | str]
+Decide = Callable[[MlpMatch], Replacement | WeightlessBlockParams | str]
 
 
 class MlpRule(pattern.RewriteRuleClassBase):
@@ -91,12 +92,21 @@ class MlpRule(pattern.RewriteRuleClassBase):
         )
 
     def rewrite(self, op, x: ir.Value, **_):
-        mlp, params = self._pending
+        mlp, verdict = self._pending
         self._pending = None
-        names = params.initializer_names(f"{mlp.output}.quweit.")
-        inits = [op.initializer(ir.tensor(np.ascontiguousarray(a), name=n), name=n)
-                 for n, a in zip(names, params.arrays().values())]
-        return op.op(OP_TYPE, x, *inits, _domain=DOMAIN, **params.attributes())
+        replacement = as_replacement(verdict)
+        params = replacement.block
+        prefix = f"{mlp.output}.quweit."
+
+        def constant(name: str, array: np.ndarray) -> ir.Value:
+            return op.initializer(ir.tensor(np.ascontiguousarray(array), name=prefix + name), name=prefix + name)
+
+        block = op.op(OP_TYPE, x, *[constant(n, a) for n, a in params.arrays().items()], _domain=DOMAIN,
+                      **params.attributes())
+        if replacement.bypass is None:
+            return block
+        down, up, bias = (constant(n, a) for n, a in replacement.bypass.arrays().items())
+        return op.Add(block, op.Add(op.MatMul(op.MatMul(x, down), up), bias))
 
 
 def _in_graph_order(context) -> list[ir.Node]:
