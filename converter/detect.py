@@ -38,7 +38,41 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     except Exception as err:
         raise _invalid_model_or(err, model) from err
     NameFixPass()(ir_model)
-    return ir.serde.serialize_model(ir_model)
+    return keep_initializers_apart(model, ir.serde.serialize_model(ir_model))
+
+
+def keep_initializers_apart(original: onnx.ModelProto, optimized: onnx.ModelProto) -> onnx.ModelProto:
+    """`optimized` with every node reading its own initializer again where `original` kept them apart.
+
+    onnxscript's optimizer merges small initializers of equal contents (DeduplicateInitializersPass). That
+    is harmless for inference but ties weights that are merely equal - the LayerNorm gains and zero biases
+    of a model exported before training - so `quweit-finetune --train-dense` would train them as one.
+    A node (known by its first output) that read initializer X in `original` and now reads another one
+    holding X's exact value reads X again. Initializers that `original` itself shares stay shared.
+    """
+    before = {t.name: t for t in original.graph.initializer}
+    read = {(node.output[0], slot): name for node in original.graph.node if node.output
+            for slot, name in enumerate(node.input) if name in before}
+    after = {t.name for t in optimized.graph.initializer}
+    values = {t.name: t for t in optimized.graph.initializer}
+    restored: set[str] = set()
+    for node in optimized.graph.node:
+        for slot, name in enumerate(node.input):
+            was = read.get((node.output[0], slot)) if node.output else None
+            if was is None or was == name or name not in after or (was in after and was not in restored):
+                continue
+            if was not in restored:
+                if not _same_tensor(before[was], values[name]):
+                    continue
+                optimized.graph.initializer.append(before[was])
+                restored.add(was)
+            node.input[slot] = was
+    return optimized
+
+
+def _same_tensor(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
+    x, y = onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b)
+    return x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
 
 
 def _invalid_model_or(err: Exception, model: onnx.ModelProto) -> BadInputError:

@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.model, args.data, args.teacher, args.resume):
         if path is not None and not path.is_file():
             raise FinetuneError(f"{path}: no such file")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    owns_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    if owns_group:  # a caller that set up its own process group (a training script under torchrun) keeps it
         dist.init_process_group("gloo")
     data = load_arrays(args.data, f"--data {args.data}")
     student = load_model(args.model)
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         save_model(trained, output, force=args.force)
         first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
         print(f"trained {len(losses)} steps: loss {first:.4f} -> {last:.4f}; wrote {output} (checkpoint {checkpoint})")
-    if dist.is_initialized():
+    if owns_group:
         dist.destroy_process_group()
     return 0
 

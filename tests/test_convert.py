@@ -182,3 +182,32 @@ def test_models_beyond_the_protobuf_limit_run_without_one_proto(monkeypatch):
     for a, b in zip(expected, calibrate.outputs(model, feeds)):
         np.testing.assert_array_equal(a, b)
     assert model.SerializeToString() == before
+
+
+def _equal_norms() -> onnx.ModelProto:
+    """x -> LayerNorm(g0, b0) -> LayerNorm(g1, b1) -> Add(tied): g0 == g1 (ones) and b0 == b1 (zeros), as in an
+    untrained model, are separate initializers; `tied` is one initializer read by two nodes."""
+    ones, zeros = np.ones(D, np.float32), np.zeros(D, np.float32)
+    inits = [numpy_helper.from_array(v, n) for v, n in ((ones, "g0"), (zeros, "b0"), (ones.copy(), "g1"),
+                                                        (zeros.copy(), "b1"), (ones * 2, "tied"))]
+    nodes = [helper.make_node("LayerNormalization", ["x", "g0", "b0"], ["n0"], name="norm0"),
+             helper.make_node("Add", ["n0", "tied"], ["a0"], name="add0"),
+             helper.make_node("LayerNormalization", ["a0", "g1", "b1"], ["n1"], name="norm1"),
+             helper.make_node("Add", ["n1", "tied"], ["y"], name="add1")]
+    graph = helper.make_graph(nodes, "norms", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", D])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", D])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def test_prepare_keeps_equal_initializers_apart_and_shared_ones_shared():
+    prepared = prepare(_equal_norms())
+    reads = {node.name: list(node.input[1:]) for node in prepared.graph.node}
+    values = {t.name: numpy_helper.to_array(t) for t in prepared.graph.initializer}
+    assert reads["norm0"] == ["g0", "b0"] and reads["norm1"] == ["g1", "b1"]  # not merged into one pair
+    assert reads["add0"] == reads["add1"] == ["tied"]
+    np.testing.assert_array_equal(values["g1"], np.ones(D, np.float32))
+    x = np.random.default_rng(0).standard_normal((5, D)).astype(np.float32)
+    np.testing.assert_allclose(calibrate.outputs(prepared, [{"x": x}])[0],
+                               calibrate.outputs(_equal_norms(), [{"x": x}])[0], rtol=0, atol=0)

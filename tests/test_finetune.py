@@ -300,3 +300,47 @@ def test_resume_with_cosine_schedule_equals_uninterrupted_run(pair, tmp_path, mo
                            progress=False)
     assert not read_blocks(full)[0].equals(read_blocks(constant)[0])
 
+
+
+class _Pickled:
+    """Not a tensor, nor a plain value: loading it would mean unpickling code from the file."""
+
+
+def test_resume_refuses_a_checkpoint_that_needs_unpickling(pair, tmp_path, capsys):
+    paths, *_ = pair
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"step": 1, "model": _Pickled()}, bad)
+    assert finetune_main([str(paths["student"]), "--teacher", str(paths["teacher"]), "--data", str(paths["data"]),
+                          "-o", str(tmp_path / "out.onnx"), "--resume", str(bad), "--no-progress"]) == 2
+    assert f"{bad}: not a quweit-finetune checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_cli_keeps_a_process_group_it_did_not_create(pair, tmp_path):
+    """A training script under torchrun that calls quweit-finetune in process keeps its own process group."""
+    import torch.distributed as dist
+
+    paths, *_ = pair
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert finetune_main([str(paths["student"]), "--teacher", str(paths["teacher"]), "--data",
+                              str(paths["data"]), "-o", str(tmp_path / "out.onnx"), "--steps", "2",
+                              "--no-progress"]) == 0
+        assert dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_task_loss_takes_class_labels_and_per_token_labels_and_ignores_minus_100():
+    from quweit.converter.finetune import task_loss
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 5, 7, generator=generator)
+    labels = torch.randint(0, 7, (4, 5), generator=generator)
+    per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), labels.reshape(-1), reduction="none")
+    torch.testing.assert_close(task_loss(logits, labels), per_token.mean())  # a char LM: [B, S, V] and [B, S]
+    torch.testing.assert_close(task_loss(logits[:, 0], labels[:, 0]), per_token.reshape(4, 5)[:, 0].mean())  # [B]
+    ignored = labels.clone()
+    ignored[:, :2] = -100  # e.g. prompt or padding positions
+    torch.testing.assert_close(task_loss(logits, ignored), per_token.reshape(4, 5)[:, 2:].mean())

@@ -49,6 +49,7 @@ def test_fortunes_whitespace_collapsed_short_ones_and_indexes_skipped(cache):
 
 def test_missing_cache_says_how_to_set_it_up(tmp_path, monkeypatch):
     monkeypatch.setenv("QUWEIT_DATA", str(tmp_path / "nothing"))
+    monkeypatch.setattr(textdata, "SYSTEM", tmp_path / "no-system-install")
     with pytest.raises(SystemExit, match="apt-get download wordnet-base fortunes"):
         textdata.lexname_synsets()
 
@@ -66,3 +67,10 @@ def test_neighbour_agreement():
     e = rng.standard_normal((50, 8))
     assert minilm.neighbour_agreement(e, e * 2) == 1.0
     assert minilm.neighbour_agreement(e, rng.standard_normal((50, 8))) < 0.3
+
+
+def test_packages_installed_system_wide_serve_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUWEIT_DATA", str(tmp_path / "no-cache"))
+    monkeypatch.setattr(textdata, "SYSTEM", tmp_path)
+    (tmp_path / "usr/share/games/fortunes").mkdir(parents=True)
+    assert textdata.folder("usr/share/games/fortunes") == tmp_path / "usr/share/games/fortunes"
