@@ -1,0 +1,192 @@
+"""Nodes the MLP rules look through: fake quantization (QDQ pairs) and training-mode Dropout.
+
+Static QDQ quantization (`onnxruntime.quantization.quantize_static`) puts a `QuantizeLinear ->
+DequantizeLinear` pair on almost every activation edge, inside the GELU decomposition as well; a
+training-mode export puts `Dropout(training_mode=True)` between an MLP's stages. Neither is an identity,
+so `onnxscript.optimizer` rightly keeps them, and the onnxscript rewriter has no "optional node on this
+edge" (an `OrValue` per edge would multiply every pattern, and commuted copies of Or-patterns are not
+made). So this module is hand-written: `looking_through(model)` takes these units out of the main graph
+while the rules run (their readers read the unit's input) and afterwards puts back every unit that a node
+outside the rewritten MLPs still reads, so the rest of the model keeps its quantization exactly. A unit
+whose readers were all rewritten is swallowed by the block: the block replaces the whole quantize ->
+matmul -> dequantize chain. A swallowed training-mode Dropout is a reason to refuse the MLP.
+
+Readers are remembered by node name and op type: the activation fusions move nodes into model-local
+functions and inlining brings back copies with the same names.
+
+(The identity-like nodes - `Identity`, inference-mode `Dropout`, `Cast` to the same type, `Reshape` to
+the same shape - are removed for good by `onnxscript.optimizer.optimize` in `detect.prepare`.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import NameFixPass
+
+FAKE_QUANT = "fake_quant"
+TRAINING_DROPOUT = "training_dropout"
+TRAINING_DROPOUT_FIX = ("export the model in eval mode (call .eval() on the module you export, wrappers "
+                        "included: torch's dynamo exporter follows the top module's training flag)")
+
+
+@dataclasses.dataclass
+class Unit:
+    """A chain of nodes that reads one value; the rules see its readers read that value directly."""
+
+    nodes: list[ir.Node]
+    kind: str  # FAKE_QUANT or TRAINING_DROPOUT
+    readers: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)  # (node name, op type, input)
+
+    @property
+    def output(self) -> ir.Value:
+        return self.nodes[-1].outputs[0]
+
+    def describe(self) -> str:
+        return " -> ".join(f"{n.op_type} '{n.name}'" for n in self.nodes)
+
+
+class View:
+    """The units taken out of a graph, and which of them a set of nodes read."""
+
+    def __init__(self, units: list[Unit]) -> None:
+        self.units = units
+        self._by_reader: dict[str, list[Unit]] = {}
+        for unit in units:
+            for name, _, _ in unit.readers:
+                self._by_reader.setdefault(name, []).append(unit)
+
+    def read_by(self, nodes: Iterable[ir.Node]) -> list[Unit]:
+        found: list[Unit] = []
+        for node in nodes:
+            for unit in self._by_reader.get(node.name or "", []):
+                if unit not in found:
+                    found.append(unit)
+        return found
+
+    def training_dropout_reason(self, nodes: Iterable[ir.Node]) -> str | None:
+        dropouts = [u for u in self.read_by(nodes) if u.kind == TRAINING_DROPOUT]
+        if not dropouts:
+            return None
+        names = ", ".join(u.describe() for u in dropouts)
+        return f"{names} in training mode (training_mode=True) inside this MLP: {TRAINING_DROPOUT_FIX}"
+
+
+def _constant(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def _same_input(a: ir.Value | None, b: ir.Value | None) -> bool:
+    if a is b:
+        return True
+    va, vb = _constant(a), _constant(b)
+    return va is not None and vb is not None and va.shape == vb.shape and np.array_equal(va, vb)
+
+
+def _fake_quant(dq: ir.Node) -> Unit | None:
+    """`DequantizeLinear(QuantizeLinear(v, s, z), s, z)`: same scale, zero point, axis and block size."""
+    q = dq.inputs[0].producer() if dq.inputs and dq.inputs[0] is not None else None
+    if q is None or q.op_type != "QuantizeLinear" or q.domain not in ("", "ai.onnx") or q.inputs[0] is None:
+        return None
+    if len(dq.inputs[0].uses()) != 1:
+        return None  # the quantized value is read elsewhere (a QLinear op): not a plain round trip
+    for i in (1, 2):
+        if not _same_input(q.inputs[i] if len(q.inputs) > i else None, dq.inputs[i] if len(dq.inputs) > i else None):
+            return None
+    for name, default in (("axis", 1), ("block_size", 0)):
+        if q.attributes.get_int(name, default) != dq.attributes.get_int(name, default):
+            return None
+    return Unit([q, dq], FAKE_QUANT)
+
+
+def _training_dropout(node: ir.Node) -> Unit | None:
+    if len(node.outputs) > 1 and node.outputs[1].uses():
+        return None  # the mask is read: not a pass-through
+    training = _constant(node.inputs[2]) if len(node.inputs) > 2 else None
+    if training is None or not bool(training.reshape(-1)[0]):
+        return None  # inference mode (the optimizer removes those) or unknown
+    ratio = _constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    if ratio is not None and float(ratio.reshape(-1)[0]) == 0.0:
+        return None
+    return Unit([node], TRAINING_DROPOUT)
+
+
+def find_units(graph: ir.Graph) -> list[Unit]:
+    units = []
+    for node in graph:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        unit = (_fake_quant(node) if node.op_type == "DequantizeLinear" else
+                _training_dropout(node) if node.op_type == "Dropout" else None)
+        if unit is None or unit.output.is_graph_output():
+            continue
+        if all(use.node.graph is graph for use in unit.output.uses()):  # readers in subgraphs: left alone
+            units.append(unit)
+    return units
+
+
+def _take_out(graph: ir.Graph, unit: Unit) -> None:
+    source = unit.nodes[0].inputs[0]
+    uses = list(unit.output.uses())
+    unit.readers = [(use.node.name or "", use.node.op_type, use.idx) for use in uses]
+    for use in uses:
+        use.node.replace_input_with(use.idx, source)
+    unit.nodes[0].replace_input_with(0, None)
+    # unsafe removal keeps the unit's other inputs (scales, zero points) in use, so none is dropped meanwhile
+    graph.remove(unit.nodes, safe=False)
+
+
+def _clone(nodes: list[ir.Node]) -> list[ir.Node]:
+    """A copy of a unit (for a second group of readers that read a different value now)."""
+    copies: list[ir.Node] = []
+    mapping: dict[ir.Value, ir.Value] = {}
+    for node in nodes:
+        copy = ir.Node(node.domain, node.op_type, [mapping.get(v, v) for v in node.inputs],
+                       list(node.attributes.values()), num_outputs=len(node.outputs))
+        mapping.update(zip(node.outputs, copy.outputs))
+        copies.append(copy)
+    return copies
+
+
+def _put_back(graph: ir.Graph, unit: Unit, nodes_by_name: dict[str, ir.Node]) -> None:
+    readers = [(nodes_by_name[name], index) for name, op_type, index in unit.readers
+               if name in nodes_by_name and nodes_by_name[name].op_type == op_type]
+    groups: dict[ir.Value, list[tuple[ir.Node, int]]] = {}
+    for node, index in readers:  # readers read the unit's input, or the value that replaced it
+        groups.setdefault(node.inputs[index], []).append((node, index))
+    if not groups:  # every reader was rewritten into a block: the unit is swallowed
+        for node in unit.nodes:
+            for i in range(len(node.inputs)):
+                node.replace_input_with(i, None)
+        return
+    for k, (source, group) in enumerate(groups.items()):
+        nodes = unit.nodes if k == 0 else _clone(unit.nodes)
+        nodes[0].replace_input_with(0, source)
+        for node, index in group:
+            node.replace_input_with(index, nodes[-1].outputs[0])
+        graph.insert_before(group[0][0], nodes)  # anywhere: the graph is sorted once all are back
+        nodes_by_name.update((node.name, node) for node in nodes if node.name)
+
+
+@contextlib.contextmanager
+def looking_through(model: ir.Model) -> Iterator[View]:
+    """Take the see-through units out of the main graph for the duration; put back those still read."""
+    graph = model.graph
+    units = find_units(graph)
+    for unit in units:
+        _take_out(graph, unit)
+    try:
+        yield View(units)
+    finally:
+        if units:
+            nodes_by_name = {node.name: node for node in graph if node.name}
+            for unit in reversed(units):  # a unit that reads another's output is put back first
+                _put_back(graph, unit, nodes_by_name)
+            graph.sort()  # stable: only the units put back move
+            NameFixPass()(model)  # values created meanwhile may have taken the name of one that was out
