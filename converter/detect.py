@@ -15,6 +15,7 @@ import onnxscript.optimizer
 from onnx_ir.passes.common import NameFixPass, RemoveUnusedOpsetsPass
 from quweit.custom_ops import WeightlessBlockParams, attach_decomposition
 
+from .costs import linear_weight
 from .mlp import MlpMatch
 from .modelio import upgrade_opset
 from .rules import fusions, inline_fusions, looking_through, mlp_rules, present_ops
@@ -131,9 +132,9 @@ def _unmatched_linears(model: onnx.ModelProto, mlps: list[MlpMatch], explained: 
             consumers.setdefault(name, []).append(node)
     reasons = []
     for node in model.graph.node:
-        if node.op_type not in ("MatMul", "Gemm", "MatMulInteger") or node.name in in_mlp or node.name in explained:
+        if node.name in in_mlp or node.name in explained:
             continue
-        weight = _weight(node, inits, producers)
+        weight = linear_weight(node, inits, producers)
         if weight is None:
             continue  # activation x activation products (attention scores) are not Linear layers
         after = [f"{c.op_type} '{c.name}'" for c in consumers.get(node.output[0], [])] or ["graph output"]
@@ -141,14 +142,3 @@ def _unmatched_linears(model: onnx.ModelProto, mlps: list[MlpMatch], explained: 
                   f"(its output goes to {', '.join(after)})")
         reasons.append((node.name, reason))
     return reasons
-
-
-def _weight(node: onnx.NodeProto, inits: dict, producers: dict) -> onnx.TensorProto | None:
-    """The weight initializer of a MatMul/Gemm/MatMulInteger, also behind a `DequantizeLinear` (QDQ)."""
-    if len(node.input) < 2:
-        return None
-    name = node.input[1]
-    source = producers.get(name)
-    if name not in inits and source is not None and source.op_type == "DequantizeLinear":
-        name = source.input[0]
-    return inits.get(name)

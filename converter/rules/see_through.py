@@ -1,7 +1,8 @@
 """Nodes the MLP rules look through: fake quantization (QDQ pairs) and training-mode Dropout.
 
 Static QDQ quantization (`onnxruntime.quantization.quantize_static`) puts a `QuantizeLinear ->
-DequantizeLinear` pair on almost every activation edge, inside the GELU decomposition as well; a
+DequantizeLinear` pair on almost every activation edge, inside the GELU decomposition as well, and
+stores scalar constants (the GELU's 0.5 and 1) as `DequantizeLinear` of an int8 constant; a
 training-mode export puts `Dropout(training_mode=True)` between an MLP's stages. Neither is an identity,
 so `onnxscript.optimizer` rightly keeps them, and the onnxscript rewriter has no "optional node on this
 edge" (an `OrValue` per edge would multiply every pattern, and commuted copies of Or-patterns are not
@@ -28,7 +29,10 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass
 
+from .quantized import dequantize
+
 FAKE_QUANT = "fake_quant"
+DEQUANTIZED_SCALAR = "dequantized_scalar"
 TRAINING_DROPOUT = "training_dropout"
 TRAINING_DROPOUT_FIX = ("export the model in eval mode (call .eval() on the module you export, wrappers "
                         "included: torch's dynamo exporter follows the top module's training flag)")
@@ -39,7 +43,7 @@ class Unit:
     """A chain of nodes that reads one value; the rules see its readers read that value directly."""
 
     nodes: list[ir.Node]
-    kind: str  # FAKE_QUANT or TRAINING_DROPOUT
+    kind: str  # FAKE_QUANT, DEQUANTIZED_SCALAR or TRAINING_DROPOUT
     readers: list[tuple[str, str, int]] = dataclasses.field(default_factory=list)  # (node name, op type, input)
 
     @property
@@ -105,6 +109,14 @@ def _fake_quant(dq: ir.Node) -> Unit | None:
     return Unit([q, dq], FAKE_QUANT)
 
 
+def _dequantized_scalar(dq: ir.Node) -> Unit | None:
+    """`DequantizeLinear` of a constant scalar: the rules see the float constant (pattern scalars match it)."""
+    inputs = [_constant(v) if v is not None else None for v in dq.inputs]
+    if not inputs or any(a is None for a, v in zip(inputs, dq.inputs) if v is not None) or inputs[0].size != 1:
+        return None
+    return Unit([dq], DEQUANTIZED_SCALAR)
+
+
 def _training_dropout(node: ir.Node) -> Unit | None:
     if len(node.outputs) > 1 and node.outputs[1].uses():
         return None  # the mask is read: not a pass-through
@@ -122,7 +134,7 @@ def find_units(graph: ir.Graph) -> list[Unit]:
     for node in graph:
         if node.domain not in ("", "ai.onnx"):
             continue
-        unit = (_fake_quant(node) if node.op_type == "DequantizeLinear" else
+        unit = ((_fake_quant(node) or _dequantized_scalar(node)) if node.op_type == "DequantizeLinear" else
                 _training_dropout(node) if node.op_type == "Dropout" else None)
         if unit is None or unit.output.is_graph_output():
             continue
@@ -132,12 +144,17 @@ def find_units(graph: ir.Graph) -> list[Unit]:
 
 
 def _take_out(graph: ir.Graph, unit: Unit) -> None:
-    source = unit.nodes[0].inputs[0]
     uses = list(unit.output.uses())
     unit.readers = [(use.node.name or "", use.node.op_type, use.idx) for use in uses]
+    if unit.kind == DEQUANTIZED_SCALAR:  # readers read a float initializer meanwhile
+        q, scale, zero = (_constant(v) if v is not None else None for v in (list(unit.nodes[0].inputs) + [None])[:3])
+        source = ir.Value(name=f"{unit.output.name}.quweit_float", const_value=ir.tensor(dequantize(q, scale, zero)))
+        graph.register_initializer(source)
+    else:
+        source = unit.nodes[0].inputs[0]
+        unit.nodes[0].replace_input_with(0, None)
     for use in uses:
         use.node.replace_input_with(use.idx, source)
-    unit.nodes[0].replace_input_with(0, None)
     # unsafe removal keeps the unit's other inputs (scales, zero points) in use, so none is dropped meanwhile
     graph.remove(unit.nodes, safe=False)
 
@@ -157,6 +174,15 @@ def _clone(nodes: list[ir.Node]) -> list[ir.Node]:
 def _put_back(graph: ir.Graph, unit: Unit, nodes_by_name: dict[str, ir.Node]) -> None:
     readers = [(nodes_by_name[name], index) for name, op_type, index in unit.readers
                if name in nodes_by_name and nodes_by_name[name].op_type == op_type]
+    if unit.kind == DEQUANTIZED_SCALAR:  # the constant's readers (or their inlined copies) read it again
+        for node, index in readers:
+            node.replace_input_with(index, unit.output)
+        if readers:
+            graph.insert_before(readers[0][0], unit.nodes)
+        else:
+            for i in range(len(unit.nodes[0].inputs)):
+                unit.nodes[0].replace_input_with(i, None)
+        return
     groups: dict[ir.Value, list[tuple[ir.Node, int]]] = {}
     for node, index in readers:  # readers read the unit's input, or the value that replaced it
         groups.setdefault(node.inputs[index], []).append((node, index))
@@ -188,5 +214,7 @@ def looking_through(model: ir.Model) -> Iterator[View]:
             nodes_by_name = {node.name: node for node in graph if node.name}
             for unit in reversed(units):  # a unit that reads another's output is put back first
                 _put_back(graph, unit, nodes_by_name)
+            for name in [n for n, v in graph.initializers.items() if n.endswith(".quweit_float") and not v.uses()]:
+                del graph.initializers[name]
             graph.sort()  # stable: only the units put back move
             NameFixPass()(model)  # values created meanwhile may have taken the name of one that was out

@@ -1,0 +1,172 @@
+"""The model forms users bring, made the way users make them: a tiny random-weight transformer exported by a
+torch exporter, then optimized by onnxruntime's transformer optimizer or quantized by onnxruntime's
+quantizer (dynamic int8, static QDQ with a calibration reader), or exported in training mode.
+
+Every parameter (biases and norm weights included) is drawn at random: with the libraries' default
+initialisation all biases are zero and the exporters and optimizers share one initializer among them,
+which would hide a bias read from the wrong place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from models import EXPORT_SHAPE, FAMILIES, TOKEN_AXES, Family, _Positional, _seeded, _tokens, export
+
+INPUT_SHAPE = (2, 5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Form:
+    """A model form: how to make it from a tiny export, and what the converter must find in it."""
+
+    name: str
+    family: str  # tests/models.py family (or "clip")
+    exporter: str  # "legacy" or "dynamo"
+    transform: Callable[[Path, Path, str], None]  # (exported, output, family) -> writes output
+    activation: str  # activation the MLPs must be read as
+    linear: str  # Linear kind the MLPs must be read as (rules/linear.py)
+    quantized: bool = False  # the model was quantized before conversion
+    down_bias_outside: bool = False  # the down bias stays in a fused op after the MLP (SkipLayerNorm)
+    mlp_ops: tuple[str, ...] = ()  # op types that belong to MLPs only: none may remain after conversion
+
+
+def _clip():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         max_position_embeddings=64, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=2,
+                         pad_token_id=1)
+    return _Positional(CLIPTextModel(cfg), ("input_ids", "attention_mask"))
+
+
+FAMILIES_USED = {**FAMILIES, "clip": Family("clip", _seeded(_clip), _tokens, TOKEN_AXES, mlp_family="linear_act_linear")}
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter drawn at random (norm weights around 1), so no two biases are equal."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen) * 0.2
+            param.copy_(1.0 + noise if "norm" in name.lower() and name.endswith("weight") else noise)
+    return model
+
+
+def export_random(family: str, exporter: str, path: Path, *, optimize: bool = False) -> Path:
+    """`models.export` of `family` with every parameter random; `optimize` as torch's dynamo default."""
+    base = FAMILIES_USED[family]
+    randomized = dataclasses.replace(base, build=lambda: randomize(base.build()))
+    if not optimize:
+        return export(randomized, exporter, path)
+    model, inputs = randomized.build(), randomized.inputs(*EXPORT_SHAPE)
+    dims = {"batch": torch.export.Dim("batch", min=1, max=1024), "sequence": torch.export.Dim("sequence", min=1, max=64)}
+    shapes = {n: {axis: dims[sym] for axis, sym in base.dynamic[n].items()} for n in inputs}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (), str(path), kwargs=inputs, input_names=list(inputs), dynamic_shapes=shapes,
+                          output_names=["last_hidden_state"], opset_version=18, dynamo=True, verbose=False)
+    return path
+
+
+def calibration_feeds(family: str, count: int = 4, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    gen = np.random.default_rng(seed)
+    return [{"input_ids": gen.integers(0, 100, INPUT_SHAPE).astype(np.int64),
+             "attention_mask": np.ones(INPUT_SHAPE, np.int64)} for _ in range(count)]
+
+
+def ort_optimized(*, model_type: str, opt_level: int = 1, **options) -> Callable[[Path, Path, str], None]:
+    """onnxruntime's transformer optimizer (`optimize_model`) with the given fusion options."""
+
+    def transform(src: Path, dst: Path, family: str) -> None:
+        from onnxruntime.transformers.fusion_options import FusionOptions
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        fusion = FusionOptions(model_type)
+        for key, value in options.items():
+            setattr(fusion, key, value)
+        optimized = optimize_model(str(src), model_type=model_type, num_heads=2, hidden_size=32, opt_level=opt_level,
+                                   optimization_options=fusion)
+        optimized.save_model_to_file(str(dst))
+
+    return transform
+
+
+def dynamic_int8(src: Path, dst: Path, family: str) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}  # needed after onnxruntime's optimizer (com.microsoft ops)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, extra_options=extra)
+
+
+def static_qdq(src: Path, dst: Path, family: str) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(calibration_feeds(family))
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ)
+
+
+def _unchanged(src: Path, dst: Path, family: str) -> None:
+    dst.write_bytes(src.read_bytes())
+
+
+def then(first: Callable, second: Callable) -> Callable[[Path, Path, str], None]:
+    def transform(src: Path, dst: Path, family: str) -> None:
+        middle = dst.with_name(dst.stem + ".step1.onnx")
+        first(src, middle, family)
+        second(middle, dst, family)
+
+    return transform
+
+
+FUSED = ("BiasGelu", "FastGelu", "Gelu", "QuickGelu")
+FORMS = {f.name: f for f in [
+    Form("legacy", "bert", "legacy", _unchanged, "gelu", "matmul", mlp_ops=("Erf",)),
+    Form("dynamo", "bert", "dynamo", _unchanged, "gelu", "matmul", mlp_ops=("Erf",)),
+    Form("ort_bias_gelu", "bert", "legacy", ort_optimized(model_type="bert"), "gelu", "matmul",
+         down_bias_outside=True, mlp_ops=FUSED),
+    Form("ort_bias_gelu_dynamo_o2", "bert", "dynamo", ort_optimized(model_type="bert", opt_level=2), "gelu", "matmul",
+         down_bias_outside=True, mlp_ops=FUSED),
+    Form("ort_fast_gelu", "bert", "legacy", ort_optimized(model_type="bert", enable_gelu_approximation=True),
+         "gelu_tanh", "matmul", down_bias_outside=True, mlp_ops=FUSED),
+    Form("ort_gelu_no_bias_fusion", "bert", "legacy",
+         ort_optimized(model_type="bert", enable_bias_gelu=False, enable_bias_skip_layer_norm=False), "gelu", "matmul",
+         mlp_ops=FUSED),
+    Form("ort_gpt2_fast_gelu", "gpt2", "legacy", ort_optimized(model_type="gpt2"), "gelu_tanh", "matmul",
+         down_bias_outside=True, mlp_ops=FUSED),
+    Form("ort_gpt2_fast_gelu_no_bias", "gpt2", "legacy", ort_optimized(model_type="gpt2", enable_bias_gelu=False),
+         "gelu_tanh", "matmul", down_bias_outside=True, mlp_ops=FUSED),
+    Form("ort_clip_quick_gelu", "clip", "legacy", ort_optimized(model_type="clip"), "quick_gelu", "matmul",
+         down_bias_outside=True, mlp_ops=FUSED),
+    Form("int8_dynamic", "bert", "legacy", dynamic_int8, "gelu", "int8", quantized=True, mlp_ops=("Erf",)),
+    Form("int8_dynamic_gpt2", "gpt2", "legacy", dynamic_int8, "gelu_tanh", "reshape_int8", quantized=True,
+         mlp_ops=("Tanh",)),
+    Form("int8_dynamic_llama", "llama", "legacy", dynamic_int8, "silu", "int8", quantized=True),
+    Form("int8_dynamic_ort_bias_gelu", "bert", "legacy", then(ort_optimized(model_type="bert"), dynamic_int8), "gelu",
+         "int8", quantized=True, down_bias_outside=True, mlp_ops=FUSED),
+    Form("qdq_static", "bert", "legacy", static_qdq, "gelu", "matmul", quantized=True, mlp_ops=("Erf",)),
+    Form("qdq_static_dynamo", "bert", "dynamo", static_qdq, "gelu", "matmul", quantized=True, mlp_ops=("Erf",)),
+]}
+
+
+def make(form: Form, folder: Path) -> onnx.ModelProto:
+    """The form's model (written in `folder`), loaded with its weights."""
+    optimize = form.exporter == "dynamo" and form.transform in (dynamic_int8, static_qdq)
+    exported = export_random(form.family, form.exporter, folder / f"{form.name}.export.onnx", optimize=optimize)
+    out = folder / f"{form.name}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        form.transform(exported, out, form.family)
+    return onnx.load(str(out))
