@@ -19,7 +19,7 @@ from .costs import linear_weight
 from .mlp import MlpMatch
 from .modelio import upgrade_opset
 from .rules import fusions, inline_fusions, looking_through, mlp_rules, present_ops
-from .rules.see_through import TRAINING_DROPOUT_FIX
+from .rules.see_through import TRAINING_DROPOUT_FIX, identity_rules
 
 
 def _to_ir(model: onnx.ModelProto) -> ir.Model:
@@ -34,6 +34,8 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     model = upgrade_opset(model)
     ir_model = _to_ir(model)
     onnxscript.optimizer.optimize(ir_model)
+    if identity_rules().apply_to_model(ir_model):  # shapes are known once the optimizer has run
+        onnxscript.optimizer.optimize(ir_model)
     NameFixPass()(ir_model)
     return ir.serde.serialize_model(ir_model)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.parser
 import torch
 from models import EXPORT_SHAPE, FAMILIES, TOKEN_AXES, Family, _Positional, _seeded, _tokens, export
 
@@ -33,7 +34,7 @@ class Form:
     activation: str  # activation the MLPs must be read as
     linear: str  # Linear kind the MLPs must be read as (rules/linear.py)
     quantized: bool = False  # the model was quantized before conversion
-    down_bias_outside: bool = False  # the down bias stays in a fused op after the MLP (SkipLayerNorm)
+    down_bias: bool = True  # the MLP's down bias is the MLP's (False: none, or kept by a SkipLayerNorm after it)
     mlp_ops: tuple[str, ...] = ()  # op types that belong to MLPs only: none may remain after conversion
 
 
@@ -136,26 +137,26 @@ FORMS = {f.name: f for f in [
     Form("legacy", "bert", "legacy", _unchanged, "gelu", "matmul", mlp_ops=("Erf",)),
     Form("dynamo", "bert", "dynamo", _unchanged, "gelu", "matmul", mlp_ops=("Erf",)),
     Form("ort_bias_gelu", "bert", "legacy", ort_optimized(model_type="bert"), "gelu", "matmul",
-         down_bias_outside=True, mlp_ops=FUSED),
+         down_bias=False, mlp_ops=FUSED),
     Form("ort_bias_gelu_dynamo_o2", "bert", "dynamo", ort_optimized(model_type="bert", opt_level=2), "gelu", "matmul",
-         down_bias_outside=True, mlp_ops=FUSED),
+         down_bias=False, mlp_ops=FUSED),
     Form("ort_fast_gelu", "bert", "legacy", ort_optimized(model_type="bert", enable_gelu_approximation=True),
-         "gelu_tanh", "matmul", down_bias_outside=True, mlp_ops=FUSED),
+         "gelu_tanh", "matmul", down_bias=False, mlp_ops=FUSED),
     Form("ort_gelu_no_bias_fusion", "bert", "legacy",
          ort_optimized(model_type="bert", enable_bias_gelu=False, enable_bias_skip_layer_norm=False), "gelu", "matmul",
          mlp_ops=FUSED),
     Form("ort_gpt2_fast_gelu", "gpt2", "legacy", ort_optimized(model_type="gpt2"), "gelu_tanh", "matmul",
-         down_bias_outside=True, mlp_ops=FUSED),
+         down_bias=False, mlp_ops=FUSED),
     Form("ort_gpt2_fast_gelu_no_bias", "gpt2", "legacy", ort_optimized(model_type="gpt2", enable_bias_gelu=False),
-         "gelu_tanh", "matmul", down_bias_outside=True, mlp_ops=FUSED),
+         "gelu_tanh", "matmul", down_bias=False, mlp_ops=FUSED),
     Form("ort_clip_quick_gelu", "clip", "legacy", ort_optimized(model_type="clip"), "quick_gelu", "matmul",
-         down_bias_outside=True, mlp_ops=FUSED),
+         down_bias=False, mlp_ops=FUSED),
     Form("int8_dynamic", "bert", "legacy", dynamic_int8, "gelu", "int8", quantized=True, mlp_ops=("Erf",)),
     Form("int8_dynamic_gpt2", "gpt2", "legacy", dynamic_int8, "gelu_tanh", "reshape_int8", quantized=True,
          mlp_ops=("Tanh",)),
-    Form("int8_dynamic_llama", "llama", "legacy", dynamic_int8, "silu", "int8", quantized=True),
+    Form("int8_dynamic_llama", "llama", "legacy", dynamic_int8, "silu", "int8", quantized=True, down_bias=False),
     Form("int8_dynamic_ort_bias_gelu", "bert", "legacy", then(ort_optimized(model_type="bert"), dynamic_int8), "gelu",
-         "int8", quantized=True, down_bias_outside=True, mlp_ops=FUSED),
+         "int8", quantized=True, down_bias=False, mlp_ops=FUSED),
     Form("qdq_static", "bert", "legacy", static_qdq, "gelu", "matmul", quantized=True, mlp_ops=("Erf",)),
     Form("qdq_static_dynamo", "bert", "dynamo", static_qdq, "gelu", "matmul", quantized=True, mlp_ops=("Erf",)),
 ]}
@@ -170,3 +171,72 @@ def make(form: Form, folder: Path) -> onnx.ModelProto:
         warnings.simplefilter("ignore")
         form.transform(exported, out, form.family)
     return onnx.load(str(out))
+
+
+# -- an exact stand-in for a block: the dense MLP the detector read, in standard ONNX ops -----------------
+
+_ACT_TEXT = {  # y = act(h), as ONNX text (constants c_*)
+    "relu": "y = Relu(h)",
+    "gelu": "d = Div(h, c_sqrt2)\n e = Erf(d)\n e1 = Add(e, c_one)\n p = Mul(h, e1)\n y = Mul(p, c_half)",
+    "gelu_tanh": ("p3 = Pow(h, c_three)\n k = Mul(p3, c_gk)\n s = Add(h, k)\n t0 = Mul(s, c_s2pi)\n t = Tanh(t0)\n"
+                  " t1 = Add(t, c_one)\n p = Mul(h, t1)\n y = Mul(p, c_half)"),
+    "silu": "s = Sigmoid(h)\n y = Mul(h, s)",
+    "quick_gelu": "k = Mul(h, c_qg)\n s = Sigmoid(k)\n y = Mul(h, s)",
+}
+_CONSTS = ("c_sqrt2 = Constant <value = float {1.41421356}> ()\n c_one = Constant <value = float {1.0}> ()\n"
+           " c_half = Constant <value = float {0.5}> ()\n c_three = Constant <value = float {3.0}> ()\n"
+           " c_gk = Constant <value = float {0.044715}> ()\n c_s2pi = Constant <value = float {0.7978845608}> ()\n"
+           " c_qg = Constant <value = float {1.702}> ()\n")
+
+
+def _activation_function(name: str) -> onnx.FunctionProto:
+    return onnx.parser.parse_function(f"""
+    <domain: "standin", opset_import: ["": 18]>
+    {name} (h) => (y) {{
+     {_CONSTS} {_ACT_TEXT[name]}
+    }}""")
+
+
+def dense_stand_in(converted: onnx.ModelProto, mlps) -> onnx.ModelProto:
+    """`converted` with each block replaced by the dense MLP that the detector read for it (`MlpMatch`
+    weights, float32): if the block sits where the MLP sat and accounts for its biases exactly, this model
+    computes what the original computed."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(converted)
+    by_output = {mlp.output: mlp for mlp in mlps}
+    nodes, inits, acts = [], [], set()
+    for node in model.graph.node:
+        if node.domain != "quweit":
+            nodes.append(node)
+            continue
+        mlp = by_output[node.output[0]]
+        prefix = f"standin{len(acts) + len(inits)}/"
+
+        def linear(x: str, w, b, tag: str) -> str:
+            inits.append(numpy_helper.from_array(w, prefix + tag + "/w"))
+            nodes.append(helper.make_node("MatMul", [x, prefix + tag + "/w"], [prefix + tag + "/xw"]))
+            if b is None:
+                return prefix + tag + "/xw"
+            inits.append(numpy_helper.from_array(b, prefix + tag + "/b"))
+            nodes.append(helper.make_node("Add", [prefix + tag + "/xw", prefix + tag + "/b"], [prefix + tag + "/y"]))
+            return prefix + tag + "/y"
+
+        acts.add(mlp.activation)
+        h = linear(node.input[0], mlp.w_up, mlp.b_up, "up")
+        a = prefix + "act"
+        if mlp.w_gate is None:
+            nodes.append(helper.make_node(mlp.activation, [h], [a], domain="standin"))
+        else:
+            g = linear(node.input[0], mlp.w_gate, mlp.b_gate, "gate")
+            nodes.append(helper.make_node(mlp.activation, [g], [prefix + "gact"], domain="standin"))
+            nodes.append(helper.make_node("Mul", [prefix + "gact", h], [a]))
+        linear(a, mlp.w_down, mlp.b_down, "down")
+        nodes[-1].output[0] = node.output[0]  # the block's output value, read by the rest of the graph
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(inits)
+    model.functions.extend(_activation_function(name) for name in sorted(acts))
+    model.opset_import.append(helper.make_opsetid("standin", 1))
+    return model

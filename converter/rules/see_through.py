@@ -15,8 +15,9 @@ matmul -> dequantize chain. A swallowed training-mode Dropout is a reason to ref
 Readers are remembered by node name and op type: the activation fusions move nodes into model-local
 functions and inlining brings back copies with the same names.
 
-(The identity-like nodes - `Identity`, inference-mode `Dropout`, `Cast` to the same type, `Reshape` to
-the same shape - are removed for good by `onnxscript.optimizer.optimize` in `detect.prepare`.)
+The identity-like nodes - `Identity`, inference-mode `Dropout`, `Cast` to the same type, `Reshape` to a
+shape it can prove equal - are removed for good by `onnxscript.optimizer.optimize` in `detect.prepare`;
+`NoOpReshape` adds the one it misses: a constant target shape that copies (0) or repeats every dimension.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import NameFixPass
+from onnxscript.rewriter import pattern
 
 from .quantized import dequantize
 
@@ -218,3 +220,32 @@ def looking_through(model: ir.Model) -> Iterator[View]:
                 del graph.initializers[name]
             graph.sort()  # stable: only the units put back move
             NameFixPass()(model)  # values created meanwhile may have taken the name of one that was out
+
+
+class NoOpReshape(pattern.RewriteRuleClassBase):
+    """`Reshape(x, c)` with a constant `c` that keeps every dimension of `x`: 0 (copy, without allowzero),
+    the same static size, or one -1 among dimensions that all match. onnxscript's optimizer compares the
+    target shape literally and keeps it."""
+
+    def pattern(self, op, x, shape):
+        return op.Reshape(x, shape, _allow_other_attributes=True)
+
+    def check(self, context, x: ir.Value, shape: ir.Value):
+        result = pattern.MatchResult()
+        target = _constant(shape)
+        node = context.root
+        if target is None or x.shape is None or target.ndim != 1 or len(target) != len(x.shape):
+            return result.fail("target shape is not a constant of the input's rank")
+        allowzero = node.attributes.get_int("allowzero", 0)
+        kept = [(t == 0 and not allowzero) or (isinstance(d, int) and t == d) for t, d in zip(target.tolist(), x.shape)]
+        unknown = [i for i, ok in enumerate(kept) if not ok]
+        if len(unknown) > 1 or (unknown and target[unknown[0]] != -1):
+            return result.fail(f"Reshape '{node.name}' changes the shape {x.shape} to {target.tolist()}")
+        return result
+
+    def rewrite(self, op, x, shape):
+        return op.Identity(x)
+
+
+def identity_rules() -> pattern.RewriteRuleSet:
+    return pattern.RewriteRuleSet([NoOpReshape.rule()])
