@@ -240,3 +240,17 @@ def dense_stand_in(converted: onnx.ModelProto, mlps) -> onnx.ModelProto:
     model.functions.extend(_activation_function(name) for name in sorted(acts))
     model.opset_import.append(helper.make_opsetid("standin", 1))
     return model
+
+
+def export_training_mode(path: Path) -> Path:
+    """A T5 encoder exported by the dynamo exporter without `.eval()`: `Dropout(training_mode=True)` inside
+    every MLP. (A training-mode wrapper around an `.eval()` model exports no Dropout with torch 2.13: the
+    exporter follows each Dropout module's own flag.)"""
+    base = FAMILIES["t5"]
+    model = randomize(base.build()).train()
+    inputs = base.inputs(*EXPORT_SHAPE)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (), str(path), kwargs=inputs, input_names=list(inputs),
+                          output_names=["last_hidden_state"], opset_version=18, dynamo=True, optimize=False, verbose=False)
+    return path

@@ -14,9 +14,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from model_forms import FORMS, calibration_feeds, dense_stand_in, make
+from model_forms import FORMS, calibration_feeds, dense_stand_in, export_training_mode, make
 from models import LAYERS, without_decomposition
 from quweit.converter import calibrate
+from quweit.converter.cli import main
 from quweit.converter.convert import convert
 from quweit.converter.costs import linear_weight
 from quweit.converter.detect import find_mlps, prepare, rewrite_mlps
@@ -131,3 +132,17 @@ def test_quantized_model_converted_keeps_its_own_output(made, name):
     float_baseline = _fitted_fidelity(made("legacy"))
     assert quantized >= FIDELITY_FLOOR, quantized
     assert quantized >= float_baseline - FIDELITY_SLACK, (quantized, float_baseline)
+
+
+def test_training_mode_export_names_each_dropout_and_the_fix(tmp_path, capsys):
+    model = export_training_mode(tmp_path / "t5_train.onnx")
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    assert main([str(model), "--quiet", "--explain"]) == 3
+    captured = capsys.readouterr()
+    assert "no MLP found" in captured.err and "training_mode=True" in captured.err
+    assert "export the model in eval mode" in captured.err
+    # --explain: one line per MLP, naming the MLP's last node and the Dropout inside it
+    lines = [line for line in captured.out.splitlines() if "in training mode" in line]
+    assert len(lines) == LAYERS and len({line.split(":")[0] for line in lines}) == LAYERS
+    assert all(line.strip().split(": ", 1)[1].startswith("Dropout '") for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing
