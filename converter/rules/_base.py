@@ -57,11 +57,12 @@ class MlpRule(pattern.RewriteRuleClassBase):
 
     def check(self, context, x: ir.Value, **bindings) -> MatchResult:
         result = MatchResult()
-        found = self._inspect(context, x, bindings)
+        nodes = _in_graph_order(context)
+        found = self._inspect(context, x, bindings, nodes)
         if isinstance(found, str):
             reject = getattr(self._decide, "reject", None)
             if reject is not None:
-                reject(context.root.name or context.root.op_type, found, [n.name for n in _in_graph_order(context)])
+                reject(context.root.name or context.root.op_type, found, [n.name for n in nodes])
             return result.fail(found)
         verdict = self._decide(found)
         if isinstance(verdict, str):
@@ -69,13 +70,14 @@ class MlpRule(pattern.RewriteRuleClassBase):
         self._pending = (found, verdict)
         return result
 
-    def _inspect(self, context, x: ir.Value, bindings: dict) -> MlpMatch | str:
-        """The match as an `MlpMatch`, or the reason it is not a transformer MLP."""
+    def _inspect(self, context, x: ir.Value, bindings: dict, nodes: list[ir.Node]) -> MlpMatch | str:
+        """The match (`nodes`: the matched nodes as `_in_graph_order` gives them) as an `MlpMatch`, or the
+        reason it is not a transformer MLP."""
         try:
             arrays = {tag: read_linear(*v, kind=self.linear, tag=tag) for tag, v in self._weights(bindings).items()}
         except NotALinear as err:
             return str(err)
-        reason = self._view.training_dropout_reason(_in_graph_order(context)) if self._view is not None else None
+        reason = self._view.training_dropout_reason(nodes) if self._view is not None else None
         if reason:
             return reason
         if x.const_value is not None:
@@ -112,7 +114,7 @@ class MlpRule(pattern.RewriteRuleClassBase):
         return MlpMatch(
             family=self.family, form=f"{self.act_op[0] or 'ai.onnx'}::{self.act_op[1]}", activation=activation,
             linear=self.linear, input=x.name, output=output.name,
-            nodes=tuple(n.name or "" for n in _in_graph_order(context)),
+            nodes=tuple(n.name or "" for n in nodes),
             w_up=w_up, b_up=b_up, w_down=w_down, b_down=b_down, w_gate=w_gate, b_gate=b_gate,
         )
 
@@ -158,12 +160,12 @@ def _in_graph_order(context) -> list[ir.Node]:
 def _external_use(nodes, output: ir.Value, x: ir.Value) -> str | None:
     """A reason if an MLP intermediate is read outside the match (other than by Shape), else None.
 
-    A node that reads only the MLP input and constants (the input's `DynamicQuantizeLinear` or flattening
-    `Reshape`) may have other readers: it stays for them, and no part of the MLP's work stays with it.
+    The input's `DynamicQuantizeLinear` may have other readers (other Linears of the same input): it stays
+    for them, and no part of the MLP's work stays with it.
     """
     matched = set(nodes)
     for node in nodes:
-        if all(v is x or v is None or v.const_value is not None for v in node.inputs):
+        if node.op_type == "DynamicQuantizeLinear" and node.inputs[0] is x:
             continue
         for value in node.outputs:
             if value is output:

@@ -36,8 +36,7 @@ from .quantized import dequantize
 FAKE_QUANT = "fake_quant"
 DEQUANTIZED_SCALAR = "dequantized_scalar"
 TRAINING_DROPOUT = "training_dropout"
-TRAINING_DROPOUT_FIX = ("export the model in eval mode (call .eval() on the module you export, wrappers "
-                        "included: torch's dynamo exporter follows the top module's training flag)")
+TRAINING_DROPOUT_FIX = "export the model in eval mode (call model.eval() before torch.onnx.export)"
 
 
 @dataclasses.dataclass
@@ -60,7 +59,6 @@ class View:
     """The units taken out of a graph, and which of them a set of nodes read."""
 
     def __init__(self, units: list[Unit]) -> None:
-        self.units = units
         self._by_reader: dict[str, list[Unit]] = {}
         for unit in units:
             for name, _, _ in unit.readers:
@@ -113,8 +111,8 @@ def _fake_quant(dq: ir.Node) -> Unit | None:
 
 def _dequantized_scalar(dq: ir.Node) -> Unit | None:
     """`DequantizeLinear` of a constant scalar: the rules see the float constant (pattern scalars match it)."""
-    inputs = [_constant(v) if v is not None else None for v in dq.inputs]
-    if not inputs or any(a is None for a, v in zip(inputs, dq.inputs) if v is not None) or inputs[0].size != 1:
+    given = [v for v in dq.inputs if v is not None]
+    if not given or any(v.const_value is None for v in given) or given[0].const_value.size != 1:
         return None
     return Unit([dq], DEQUANTIZED_SCALAR)
 
