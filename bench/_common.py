@@ -1,14 +1,14 @@
 """What every benchmark shares: interleaved timing (so machine noise hits both sides alike) and
-atomic JSON results."""
+atomic JSON results (through the I/O layer's one writer)."""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 
 import numpy as np
+from quweit.onnxio import BadInputError, write_json
+from quweit.onnxio import refuse_to_clobber as io_refuse
 
 
 def alternate_timings(sessions: dict, feed: dict, seconds: float) -> dict[str, float]:
@@ -41,19 +41,11 @@ def record_timings(results: dict, timings: dict, baseline: str, candidate: str, 
 
 
 def refuse_to_clobber(path: str, force: bool) -> None:
-    if os.path.exists(path) and not force:
-        raise SystemExit(f"error: {path} exists; pass --force to overwrite it")
-
-
-def write_json_atomically(path: str, data: dict, force: bool) -> None:
-    refuse_to_clobber(path, force)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    """Checked before a long run (and again by the writer at the end)."""
+    try:
+        io_refuse([path], force)
+    except BadInputError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def finish(results: dict, json_path: str | None, force: bool) -> None:
@@ -62,5 +54,6 @@ def finish(results: dict, json_path: str | None, force: bool) -> None:
     print(f"load average (1 min) {results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} "
           f"at end on {os.cpu_count()} cores")
     if json_path:
-        write_json_atomically(json_path, results, force)
+        refuse_to_clobber(json_path, force)
+        write_json(json_path, results, force=force, sort_keys=True)
         print(f"wrote {json_path}")

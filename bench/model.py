@@ -20,8 +20,8 @@ import tempfile
 import numpy as np
 import onnx
 import onnxruntime as ort
-
 from _common import alternate_timings, finish, record_timings, refuse_to_clobber
+from quweit.onnxio import load_model, make_session
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -40,7 +40,7 @@ def models(workdir: str) -> tuple[onnx.ModelProto, onnx.ModelProto, dict]:
     from quweit.converter import minilm
     from quweit.converter.convert import replace_mlps
 
-    original = onnx.load(str(minilm.export_minilm(os.path.join(workdir, "minilm.onnx"))))
+    original = load_model(minilm.export_minilm(os.path.join(workdir, "minilm.onnx")))
     converted, report = replace_mlps(original)
     if report.get("mlps_replaced") != report.get("mlps_found") or not report.get("mlps_found"):
         raise SystemExit(f"error: replaced {report.get('mlps_replaced')}/{report.get('mlps_found')} MLPs; expected all")
@@ -67,16 +67,14 @@ def feeds(model: onnx.ModelProto, tokens: int) -> dict[str, np.ndarray]:
 
 
 def sessions(original: onnx.ModelProto, converted: onnx.ModelProto, threads: int) -> dict[str, ort.InferenceSession]:
-    from quweit.runtime import make_session
-
     def options() -> ort.SessionOptions:
         o = ort.SessionOptions()
         o.intra_op_num_threads = threads
         o.inter_op_num_threads = 1
         return o
 
-    plain = ort.InferenceSession(original.SerializeToString(), options(), providers=["CPUExecutionProvider"])
-    return {"original": plain, "converted": make_session(converted, threads=threads, options=options())}
+    return {"original": make_session(original, kernel=False, threads=threads, options=options()),
+            "converted": make_session(converted, kernel=True, threads=threads, options=options())}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -7,23 +7,32 @@ modified and the output appears only when complete.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 from quweit.custom_ops import BlockConfig
+from quweit.onnxio import (
+    EXIT_TERMINATED,
+    BadInputError,
+    Terminated,
+    has_external_data,
+    load_inputs,
+    load_model,
+    refuse_to_clobber,
+    save_model,
+    sigterm_unwinds,
+    write_json,
+)
 
 from .convert import DEFAULT_FIDELITY_FLOOR, convert
 from .errors import EXIT_OK, ConvertError, NoMlpError
-from .modelio import has_external_data, load_model, save_model
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quweit-convert", description=__doc__.splitlines()[0])
     p.add_argument("model", nargs="?", help="input ONNX model (weights may be in a side file)")
-    p.add_argument("-o", "--output", help="output model (default: MODEL.quweit.onnx beside the input)")
+    p.add_argument("-o", "--output", help="output model (default: MODEL.quweit.onnx beside the input; minilm.quweit.onnx here with --example)")
     p.add_argument("--calib", help="calibration inputs: .npz with one array per graph input (first axis: samples)")
     p.add_argument("--layers", default="all", help="'all' (default), 'auto', 'none' or MLP indices such as 0,2,5")
     p.add_argument("--fidelity-floor", type=float, default=DEFAULT_FIDELITY_FLOOR,
@@ -65,50 +74,50 @@ def _config(args) -> BlockConfig | None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
-    except ConvertError as err:
+        with sigterm_unwinds():
+            return _run(args)
+    except (ConvertError, BadInputError) as err:
         print(f"quweit-convert: error: {err}", file=sys.stderr)
         if args.explain and isinstance(err, NoMlpError):
             print("candidates that did not match:" if err.rejected else "no candidates (no Linear layer found)")
             for where, reason in err.rejected:
                 print(f"  {where}: {reason}")
         return err.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         print("quweit-convert: interrupted; no output written", file=sys.stderr)
-        return 130
+        return EXIT_TERMINATED if isinstance(err, Terminated) else 130
 
 
 def _run(args) -> int:
-    calib = None
     if args.example:
         if args.model:
             raise ConvertError("give either MODEL or --example, not both")
-        from . import minilm
+        args.output = args.output or "minilm.quweit.onnx"  # the exported original lives in a temporary folder
+        with tempfile.TemporaryDirectory(prefix="quweit-minilm-") as workdir:
+            from . import minilm
 
-        workdir = Path(tempfile.mkdtemp(prefix="quweit-minilm-"))
-        print(f"exporting the pretrained all-MiniLM-L6-v2 to {workdir / 'minilm.onnx'} ...", flush=True)
-        source = minilm.export_minilm(workdir / "minilm.onnx")
-        calib = minilm.calibration_inputs(minilm.DEFAULT_CALIB_SENTENCES)
-        print(f"calibration: {minilm.DEFAULT_CALIB_SENTENCES} WordNet glosses (real English text)", flush=True)
-    elif not args.model:
+            print(f"exporting the pretrained all-MiniLM-L6-v2 to {Path(workdir) / 'minilm.onnx'} ...", flush=True)
+            source = minilm.export_minilm(Path(workdir) / "minilm.onnx")
+            calib = minilm.calibration_inputs(minilm.DEFAULT_CALIB_SENTENCES)
+            print(f"calibration: {minilm.DEFAULT_CALIB_SENTENCES} WordNet glosses (real English text)", flush=True)
+            return _convert(args, source, calib)
+    if not args.model:
         raise ConvertError("no MODEL given (or use --example minilm)")
-    else:
-        source = Path(args.model)
+    return _convert(args, Path(args.model), None)
+
+
+def _convert(args, source: Path, calib) -> int:
     output = Path(args.output) if args.output else source.with_name(
         (source.name.removesuffix(".onnx")) + ".quweit.onnx")
-    if output.exists() and not args.force:
-        raise ConvertError(f"{output} exists; pass --force to overwrite it")
+    refuse_to_clobber([output, *([args.report] if args.report else [])], args.force)
     if output.resolve() == source.resolve():
         raise ConvertError(f"output {output} is the input; choose another -o")
-    if args.report and Path(args.report).exists() and not args.force:
-        raise ConvertError(f"{args.report} exists; pass --force to overwrite it")
     config = _config(args)
-    model = load_model(source)
+    model = load_model(source, upgrade=True)
     if args.calib:
-        from .calibrate import load_calibration
         from .detect import prepare
 
-        calib = load_calibration(args.calib, prepare(model))
+        calib = load_inputs(args.calib, prepare(model), f"--calib {args.calib}")
     converted, report = convert(
         model, calib=calib, layers=args.layers, config=config, budget_seconds=args.budget, seed=args.seed,
         progress=not args.quiet, fidelity_floor=args.fidelity_floor, sequential=not args.local,
@@ -116,23 +125,14 @@ def _run(args) -> int:
     )
     from .report import format_table
 
-    save_model(converted, output, external_data=has_external_data(source) or None)
+    save_model(converted, output, external_data=has_external_data(source) or None, force=args.force)
     report["output"] = str(output)
     print(format_table(report, explain=args.explain))
     print(f"wrote {output}")
     if args.report:
-        _write_json(report, Path(args.report))
+        write_json(args.report, report, force=args.force)
         print(f"wrote {args.report}")
     return EXIT_OK
-
-
-def _write_json(report: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(report, indent=2, default=float))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 from quweit.custom_ops import BlockConfig, WeightlessBlockParams, default_config
+from quweit.onnxio import capture, check_inputs
 from tqdm.auto import tqdm
 
 from . import calibrate, costs
@@ -100,8 +101,8 @@ def convert(
     if synthetic:
         calib = calibrate.synthetic_calibration(prepared, seed=seed)
     else:
-        calibrate.check_calibration(prepared, calib)
-    fit_feeds, held_out = calibrate.split(calib, CALIB_BATCH)
+        check_inputs(prepared, calib, "--calib")
+    fit_feeds, held_out = calibrate.split(prepared, calib, CALIB_BATCH)
     reference = calibrate.outputs(prepared, held_out)
     mlps = detection.mlps
     need_local = sensitivity or selection == "auto" or not sequential
@@ -120,7 +121,7 @@ def convert(
         local: dict[str, WeightlessBlockParams] = {}
         scores: dict[str, float] = {}
         if need_local:
-            pairs = calibrate.capture(prepared, fit_feeds, [n for m in mlps for n in (m.input, m.output)])
+            pairs = capture(prepared, fit_feeds, [n for m in mlps for n in (m.input, m.output)])
             for mlp in mlps:
                 local[mlp.output] = fit_one(mlp, pairs[mlp.input], pairs[mlp.output], bar)
             del pairs
@@ -141,7 +142,7 @@ def convert(
         for mlp in chosen_mlps:  # graph order
             if mlp in refits:
                 current, _ = rewrite_mlps(prepared, chosen)
-                pairs = calibrate.capture(current, fit_feeds, [mlp.input, mlp.output])
+                pairs = capture(current, fit_feeds, [mlp.input, mlp.output])
                 chosen[mlp.output] = fit_one(mlp, pairs[mlp.input], pairs[mlp.output], bar)
             else:
                 chosen[mlp.output] = local[mlp.output]

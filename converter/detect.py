@@ -14,10 +14,10 @@ import onnx_ir as ir
 import onnxscript.optimizer
 from onnx_ir.passes.common import NameFixPass, RemoveUnusedOpsetsPass
 from quweit.custom_ops import WeightlessBlockParams, attach_decomposition
+from quweit.onnxio import upgrade_opset
 
 from .costs import linear_weight
 from .mlp import MlpMatch
-from .modelio import upgrade_opset
 from .rules import fusions, inline_fusions, looking_through, mlp_rules, present_ops
 from .rules.see_through import TRAINING_DROPOUT_FIX, identity_rules
 

@@ -1,18 +1,21 @@
-"""Errors of the converter and the exit codes the CLI maps them to (0 converted, 2 bad input, 3 no MLP)."""
+"""Errors of the converter and the exit codes the CLI maps them to (0 converted, 2 bad input, 3 no MLP).
+
+`BadInputError` is the I/O layer's (`quweit.onnxio`): one class for bad input in every stage.
+"""
 
 from __future__ import annotations
+
+from quweit.onnxio.errors import BadInputError
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 EXIT_NO_MLP = 3
 
+__all__ = ["EXIT_BAD_INPUT", "EXIT_NO_MLP", "EXIT_OK", "BadInputError", "ConvertError", "NoMlpError"]
+
 
 class ConvertError(Exception):
-    exit_code = EXIT_BAD_INPUT
-
-
-class BadInputError(ConvertError):
-    """Bad usage or bad input: not a file, not ONNX, invalid model, unsupported opset, output exists."""
+    """A conversion that cannot go on (bad usage: exit 2); `NoMlpError` has its own code."""
 
     exit_code = EXIT_BAD_INPUT
 

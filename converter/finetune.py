@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import onnx
 import torch
 import torch.distributed as dist
+from quweit.onnxio import atomic_output, load_model, make_session
 
 from .onnx_torch import OnnxGraphModule, write_back
 
@@ -99,20 +99,15 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path, force=True) as tmp:
+        torch.save(obj, tmp)
 
 
 class Teacher:
     """The original model in onnxruntime (one thread per process: ranks share the cores)."""
 
     def __init__(self, model_path: str | Path, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session = make_session(load_model(model_path), kernel=None, threads=threads)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -250,10 +245,3 @@ def _save_checkpoint(path: Path, step, losses, seconds, graph, optimizer, genera
     _atomic_torch_save({"step": step, "losses": losses, "seconds": seconds, "model": graph.state_dict(),
                         "optimizer": optimizer.state_dict(), "generator": generator.bit_generator.state}, path)
 
-
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Read a model as it is (no checker, no opset upgrade: the student is trained as given)."""
-    try:
-        return onnx.load(str(path))
-    except Exception as err:  # protobuf and I/O errors alike: say which file
-        raise ValueError(f"{path}: cannot read as an ONNX model ({err})") from err

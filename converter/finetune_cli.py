@@ -15,8 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quweit-finetune", description=__doc__.split("\n\n")[0])
@@ -54,9 +52,9 @@ def _positive(name: str, value: float | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
+    from quweit.onnxio import load_arrays, load_model, save_model
 
-    from .finetune import FinetuneOptions, Teacher, finetune, load_model
-    from .modelio import save_model
+    from .finetune import FinetuneOptions, Teacher, finetune
 
     for name in ("steps", "batch_size", "lr", "value_lr", "dense_lr", "candidates", "checkpoint_every", "budget_seconds"):
         _positive(name.replace("_", "-"), getattr(args, name))
@@ -71,11 +69,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{path}: no such file")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
-    try:
-        with np.load(args.data) as archive:
-            data = {name: archive[name] for name in archive.files}
-    except Exception as err:
-        raise ValueError(f"{args.data}: cannot read as npz ({err})") from err
+    data = load_arrays(args.data, f"--data {args.data}")
     student = load_model(args.model)
     teacher = Teacher(args.teacher) if args.teacher else None
     options = FinetuneOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, value_lr=args.value_lr,
@@ -88,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                                resume=args.resume, progress=not args.no_progress)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
-        save_model(trained, output)
+        save_model(trained, output, force=args.force)
         first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
         print(f"trained {len(losses)} steps: loss {first:.4f} -> {last:.4f}; wrote {output} (checkpoint {checkpoint})")
     if dist.is_initialized():
@@ -97,12 +91,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from quweit.onnxio import EXIT_TERMINATED, Terminated, sigterm_unwinds
+
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with sigterm_unwinds():
+            return run(args)
     except ValueError as err:  # WeightlessBlockError and bad inputs: one clear line, non-zero exit
         print(f"quweit-finetune: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        print("quweit-finetune: interrupted; no output written (the last checkpoint is kept)", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(err, Terminated) else 130
 
 
 if __name__ == "__main__":

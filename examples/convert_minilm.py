@@ -10,7 +10,6 @@ prints the mean sentence-embedding cosine of each converted model to the origina
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -18,16 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import onnx
-import onnxruntime as ort
 from quweit.converter import minilm
 from quweit.converter.convert import convert
-
-
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    from quweit.converter.calibrate import session
-
-    return session(model)
+from quweit.onnxio import load_model, make_session, save_model, write_json
 
 
 def main() -> None:
@@ -42,17 +34,17 @@ def main() -> None:
 
     out = args.out or Path(tempfile.mkdtemp(prefix="quweit-minilm-"))
     out.mkdir(parents=True, exist_ok=True)
-    original = onnx.load(str(minilm.export_minilm(out / "minilm.onnx")))
+    original = load_model(minilm.export_minilm(out / "minilm.onnx"))
     calib = minilm.calibration_inputs(args.calib)
     heldout = minilm.calibration_inputs(args.heldout, offset=len(minilm.sentences()) - args.heldout)
-    reference = minilm.embed(_session(original), heldout["attention_mask"], heldout)
+    reference = minilm.embed(make_session(original), heldout["attention_mask"], heldout)
 
     results = {}
     for layers in ("all", "auto"):
         converted, report = convert(original, calib=calib, layers=layers, budget_seconds=args.budget,
                                     fidelity_floor=args.floor)
-        onnx.save(converted, str(out / f"minilm.{layers}.quweit.onnx"))
-        emb = minilm.embed(_session(converted), heldout["attention_mask"], heldout)
+        save_model(converted, out / f"minilm.{layers}.quweit.onnx", force=True)
+        emb = minilm.embed(make_session(converted), heldout["attention_mask"], heldout)
         cosine = minilm.mean_cosine(reference, emb)
         results[layers] = {"embedding_cosine": cosine, **{k: report[k] for k in (
             "mlps_found", "mlps_replaced", "mult_share_removed", "fidelity", "macs_before", "macs_after",
@@ -65,11 +57,9 @@ def main() -> None:
     results["command"] = "python examples/convert_minilm.py " + shlex.join(sys.argv[1:])
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
     results["note"] = "fitting alone (closed-form blocks, sequential), before any end-to-end fine-tuning"
-    text = json.dumps(results, indent=2)
-    (out / "results.json").write_text(text)
+    write_json(out / "results.json", results, force=True)
     if args.results:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(text + "\n")
+        write_json(args.results, results, force=True)
     print(f"results in {args.results or out / 'results.json'}")
 
 

@@ -21,26 +21,23 @@ trimmed of their all-padding positions (about twice the steps per second).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
 import torch
 from quweit.converter import minilm
-from quweit.converter.calibrate import session
 from quweit.converter.convert import convert
 from quweit.converter.finetune_cli import main as finetune_main
+from quweit.onnxio import load_model, make_session, save_model, write_json, write_npz
 
 RESULTS = Path(__file__).resolve().parent / "results" / "finetune_minilm.json"
 
 
-def embedding_cosine(model_path: Path, heldout: dict, reference: np.ndarray) -> float:
-    emb = minilm.embed(session(onnx.load(str(model_path))), heldout["attention_mask"], heldout)
+def embedding_cosine(model_path: Path, heldout: dict, reference) -> float:
+    emb = minilm.embed(make_session(load_model(model_path)), heldout["attention_mask"], heldout)
     return minilm.mean_cosine(reference, emb)
 
 
@@ -72,23 +69,23 @@ def main() -> None:
     if args.calib + args.train + args.heldout > total:
         raise SystemExit(f"--calib + --train + --heldout exceed the {total} shipped glosses")
     original_path = minilm.export_minilm(out / "minilm.onnx")
-    original = onnx.load(str(original_path))
+    original = load_model(original_path)
     calib = minilm.calibration_inputs(args.calib)
     train = minilm.calibration_inputs(args.train, offset=args.calib)
     heldout = minilm.calibration_inputs(args.heldout, offset=total - args.heldout)
-    reference = minilm.embed(session(original), heldout["attention_mask"], heldout)
+    reference = minilm.embed(make_session(original), heldout["attention_mask"], heldout)
 
     started = time.monotonic()
     converted, report = convert(original, calib=calib, layers="all", budget_seconds=args.fit_budget,
                                 sensitivity=False)
     fit_seconds = time.monotonic() - started
     converted_path = out / "minilm.all.quweit.onnx"
-    onnx.save(converted, str(converted_path))
+    save_model(converted, converted_path, force=True)
     cosine_fit = embedding_cosine(converted_path, heldout, reference)
     print(f"fitting alone: replaced {report['mlps_replaced']}/{report['mlps_found']} MLPs in {fit_seconds:.0f} s, "
           f"held-out embedding cosine {cosine_fit:.4f}", flush=True)
 
-    np.savez(out / "train.npz", **train)
+    write_npz(out / "train.npz", train, force=True)
     tuned_path = out / "minilm.all.finetuned.quweit.onnx"
     started = time.monotonic()
     code = finetune_main([str(converted_path), "--teacher", str(original_path), "--data", str(out / "train.npz"),
@@ -127,10 +124,7 @@ def main() -> None:
              else f"--{k.replace('_', '-')} {v}")
             for k, v in vars(args).items() if k not in ("out", "results") and v is not None),
     }
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.results.with_name(args.results.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, args.results)
+    write_json(args.results, results, force=True)
     print(f"results in {args.results}")
 
 

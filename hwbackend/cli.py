@@ -8,9 +8,10 @@ with nothing written to OUTDIR.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
+
+from quweit.onnxio import EXIT_TERMINATED, BadInputError, Terminated, sigterm_unwinds
 
 from .errors import HwBackendError
 
@@ -65,15 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         simulator=args.simulator, pipeline=args.pipeline, random_vectors=args.vectors,
         inputs=args.inputs, seed=args.seed, force=args.force, synth=args.synth,
     )
-    # SIGTERM unwinds like Ctrl-C, so the temporary build folder is removed on the way out
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        report, blocks = compile_model(opts)
-    except HwBackendError as err:
+        with sigterm_unwinds():  # SIGTERM unwinds like Ctrl-C: the temporary build folder is removed
+            report, blocks = compile_model(opts)
+    except (HwBackendError, BadInputError) as err:
         print(f"quweit-compile: error: {err}", file=sys.stderr)
         return err.exit_code
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    except KeyboardInterrupt as err:
+        print("quweit-compile: interrupted; nothing written", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(err, Terminated) else 130
     print(summary_table(report))
     print(f"wrote {args.output} ({report['seconds']} s)")
     if report["verified"] is False:

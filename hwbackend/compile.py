@@ -1,8 +1,8 @@
 """`quweit-compile`'s pipeline: ONNX -> TVM Relax (native lowering) -> BYOC partition -> C library and
 Verilog -> testbenches on real and random vectors -> optional simulation -> report.json.
 
-Everything is built in a temporary folder beside OUTDIR and moved into place at the end, so a failure
-leaves nothing half-written.
+Everything is built in a temporary folder beside OUTDIR and moved into place at the end
+(`onnxio.atomic_output`), so a failure leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from quweit.custom_ops import WeightlessBlockError, WeightlessBlockParams, quantize_inputs, read_blocks
+from quweit.onnxio import atomic_output, load_model
 from tqdm import tqdm
 
 from .errors import HwBackendError
@@ -35,6 +34,8 @@ VERILOG_DIR = "verilog"
 REPORT = "report.json"
 #: Most real-activation vectors per block (tokens beyond it are not simulated, to bound run time).
 REAL_VECTOR_LIMIT = 4096
+#: Synthetic model inputs when no --inputs are given: samples x sequence length (free axes).
+SYNTHETIC_SAMPLES, SYNTHETIC_LENGTH = 2, 64
 
 
 @dataclasses.dataclass
@@ -80,13 +81,9 @@ class BlockReport:
 
 
 def load_blocks(path: Path) -> tuple[onnx.ModelProto, list[WeightlessBlockParams]]:
-    """Read and validate the model; a model without blocks or with an invalid block is bad input."""
-    if not path.is_file():
-        raise HwBackendError(f"model file '{path}' does not exist")
-    try:
-        model = onnx.load(str(path))
-    except Exception as err:  # protobuf raises DecodeError and others
-        raise HwBackendError(f"cannot read ONNX model '{path}': {err}") from err
+    """Read (with the I/O layer's checks) and validate the model; a model without blocks or with an invalid
+    block is bad input."""
+    model = load_model(path)
     try:
         blocks = read_blocks(model)
     except WeightlessBlockError as err:
@@ -104,8 +101,6 @@ def check_options(opts: CompileOptions, blocks: list[WeightlessBlockParams]) -> 
         raise HwBackendError(f"--vectors must be >= 0, got {opts.random_vectors}")
     if opts.outdir.exists() and (not opts.outdir.is_dir() or any(opts.outdir.iterdir())) and not opts.force:
         raise HwBackendError(f"output folder '{opts.outdir}' exists and is not empty; pass --force to replace it")
-    if opts.inputs is not None and not opts.inputs.is_file():
-        raise HwBackendError(f"--inputs file '{opts.inputs}' does not exist")
     if opts.target in ("verilog", "all"):
         for params in blocks:
             check_rtl_supported(params, params.node or "?")
@@ -188,21 +183,34 @@ def match_modules(blocks: list[WeightlessBlockParams], manifest: list[dict]) -> 
 def block_vectors(model, blocks, opts: CompileOptions, rng) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per block: (q of real activations from an onnxruntime run of the model, at most
     REAL_VECTOR_LIMIT rows; random q vectors)."""
-    from .capture import capture_block_inputs, synthetic_inputs
-
-    if opts.inputs is not None:
-        try:
-            with np.load(opts.inputs) as data:
-                feeds = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as err:
-            raise HwBackendError(f"--inputs '{opts.inputs}' is not a readable .npz file: {err}") from err
-    else:
-        feeds = synthetic_inputs(model, rng)
-    activations = capture_block_inputs(model, feeds)
+    activations = block_inputs(model, opts)
     return [
         (quantize_inputs(params, x[:REAL_VECTOR_LIMIT]), random_inputs(params, opts.random_vectors, rng))
         for params, x in zip(blocks, activations)
     ]
+
+
+def block_inputs(model: onnx.ModelProto, opts: CompileOptions) -> list[np.ndarray]:
+    """Each block's input X as float32 rows (blocks in graph order), captured in onnxruntime through the
+    op's decomposition (no kernel library needed) on `--inputs` or the synthetic-input policy's inputs,
+    in runs that the model's declared input shapes accept."""
+    from quweit.custom_ops import attach_decomposition, block_nodes
+    from quweit.onnxio import capture, load_inputs, runs, synthetic_inputs
+
+    if opts.inputs is not None:
+        arrays = load_inputs(opts.inputs, model, f"--inputs {opts.inputs}")
+    else:
+        arrays = synthetic_inputs(model, samples=SYNTHETIC_SAMPLES, length=SYNTHETIC_LENGTH, seed=opts.seed)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    attach_decomposition(probe)
+    names = [node.input[0] for node in block_nodes(probe)]
+    samples = len(next(iter(arrays.values())))
+    try:
+        values = capture(probe, runs(probe, arrays, samples), list(dict.fromkeys(names)), kernel=False)
+    except Exception as err:  # onnxruntime raises several unrelated types; report them all the same way
+        raise HwBackendError(f"capturing block inputs in onnxruntime failed: {err}") from err
+    return [values[name] for name in names]
 
 
 def compile_model(opts: CompileOptions, *, log=print) -> tuple[dict, list[BlockReport]]:
@@ -211,10 +219,9 @@ def compile_model(opts: CompileOptions, *, log=print) -> tuple[dict, list[BlockR
     model, blocks = load_blocks(opts.model)
     check_options(opts, blocks)
     rng = np.random.default_rng(opts.seed)
-    parent = opts.outdir.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{opts.outdir.name}.", dir=parent))
-    try:
+    empty = opts.outdir.is_dir() and not any(opts.outdir.iterdir())
+    with atomic_output(opts.outdir, force=opts.force or empty) as workdir:
+        workdir.mkdir(mode=0o755)
         log(f"quweit-compile: {len(blocks)} block(s) in {opts.model}; building with TVM ...")
         manifest, library = build_tvm(model, blocks, workdir, opts)
         if library["scope"] == "blocks":
@@ -236,11 +243,7 @@ def compile_model(opts: CompileOptions, *, log=print) -> tuple[dict, list[BlockR
         report["library_scope"] = library["scope"] if opts.target in ("c", "all") else None
         report["tvm_import_failure"] = library["import_failure"]
         (workdir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-        install(workdir, opts.outdir, force=opts.force)
-        return report, reports
-    except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
+    return report, reports
 
 
 def write_benches(model, blocks, reports, verilog_dir: Path, opts: CompileOptions, rng) -> None:
@@ -281,17 +284,3 @@ def make_report(opts: CompileOptions, reports: list[BlockReport], seconds: float
         "seconds": round(seconds, 1),
         "blocks": [r.as_json() for r in reports],
     }
-
-
-def install(workdir: Path, outdir: Path, *, force: bool) -> None:
-    """Move the finished build into place (atomic rename; an old folder is replaced only with --force)."""
-    os.chmod(workdir, 0o755)
-    if outdir.exists():
-        if not force and any(outdir.iterdir()):
-            raise HwBackendError(f"output folder '{outdir}' appeared while compiling; not replacing it")
-        old = outdir.with_name(f".{outdir.name}.old.{os.getpid()}")
-        os.replace(outdir, old)
-        os.replace(workdir, outdir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(workdir, outdir)

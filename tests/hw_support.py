@@ -53,7 +53,7 @@ def run_kernel(model, feeds: dict) -> list[np.ndarray]:
 
 
 def run_ort(model, feeds: dict) -> list[np.ndarray]:
-    import onnxruntime as ort
+    from quweit.onnxio import make_session
 
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = make_session(model, kernel=False)
     return session.run(None, feeds)

@@ -19,6 +19,7 @@ import onnx
 import onnx.parser
 import torch
 from models import EXPORT_SHAPE, FAMILIES, TOKEN_AXES, Family, _Positional, _seeded, _tokens, export
+from quweit.onnxio import load_model
 
 INPUT_SHAPE = (2, 5)
 
@@ -170,7 +171,7 @@ def make(form: Form, folder: Path) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         form.transform(exported, out, form.family)
-    return onnx.load(str(out))
+    return load_model(out)
 
 
 # -- an exact stand-in for a block: the dense MLP the detector read, in standard ONNX ops -----------------

@@ -10,11 +10,11 @@ import sys
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 from quweit.converter.cli import main
 from quweit.custom_ops import read_blocks
+from quweit.onnxio import load_model, make_session, save_model, write_npz
 
 D, H = 8, 16
 
@@ -45,7 +45,7 @@ def _digest(path) -> str:
 
 
 def _calib(path, n=24):
-    np.savez(path, x=np.random.default_rng(1).standard_normal((n, 5, D)).astype(np.float32))
+    write_npz(path, {"x": np.random.default_rng(1).standard_normal((n, 5, D)).astype(np.float32)})
     return path
 
 
@@ -61,12 +61,12 @@ def test_converts_with_table_report_and_untouched_input(tmp_path, capsys):
     assert {k: report[k] for k in ("mlps_found", "mlps_replaced", "macs_before", "macs_after")} == {
         "mlps_found": 1, "mlps_replaced": 1, "macs_before": D * D + 2 * D * H, "macs_after": D * D + 2 * D}
     assert "fidelity_alone" in report["mlps"][0]
-    converted = onnx.load(str(tmp_path / "m.quweit.onnx"))
+    converted = load_model(tmp_path / "m.quweit.onnx")
     (block,) = read_blocks(converted)
     assert report["params_before"] == D * D + 2 * D * H
     assert report["params_after"] == D * D + sum(a.size for a in block.arrays().values())
     onnx.checker.check_model(converted, full_check=True)
-    y = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+    y = make_session(converted, kernel=False).run(
         None, {"x": np.zeros((1, 2, D), np.float32)})[0]
     assert y.shape == (1, 2, D)
     # the output exists now: a second run refuses without --force (exit 2) and keeps it
@@ -82,13 +82,13 @@ def test_external_data_in_and_out(tmp_path):
     out = tmp_path / "out.onnx"
     assert main([str(model), "-o", str(out), "--quiet", "--no-sensitivity", "--calib", str(_calib(tmp_path / "c.npz"))]) == 0
     assert (tmp_path / "out.onnx.data").exists()
-    assert sum(1 for n in onnx.load(str(out)).graph.node if n.domain == "quweit") == 1
+    assert sum(1 for n in load_model(out).graph.node if n.domain == "quweit") == 1
 
 
 def test_old_opset_is_upgraded(tmp_path):
     model = _mlp_model(tmp_path / "old.onnx", opset=13)
     assert main([str(model), "--quiet", "--no-sensitivity", "--calib", str(_calib(tmp_path / "c.npz"))]) == 0
-    converted = onnx.load(str(tmp_path / "old.quweit.onnx"))
+    converted = load_model(tmp_path / "old.quweit.onnx")
     assert {o.domain: o.version for o in converted.opset_import}[""] == 18
     onnx.checker.check_model(converted, full_check=True)
 
@@ -119,15 +119,15 @@ def _bad_inputs(tmp_path):
     (tmp_path / "trunc.onnx").write_bytes(data[: len(data) // 2])
     (tmp_path / "text.onnx").write_text("this is not a model\n")
     (tmp_path / "dir.onnx").mkdir()
-    invalid = onnx.load(str(good))
+    invalid = load_model(good)
     invalid.graph.node[1].input[0] = "nowhere"
-    onnx.save(invalid, str(tmp_path / "invalid.onnx"))
-    future = onnx.load(str(good))
+    save_model(invalid, tmp_path / "invalid.onnx")
+    future = load_model(good)
     future.opset_import[0].version = 999
-    onnx.save(future, str(tmp_path / "future.onnx"))
+    save_model(future, tmp_path / "future.onnx")
     (tmp_path / "exists.quweit.onnx").write_bytes(b"keep me")
     _mlp_model(tmp_path / "exists.onnx")
-    np.savez(tmp_path / "wrong.npz", not_an_input=np.zeros((2, 3, D), np.float32))
+    write_npz(tmp_path / "wrong.npz", {"not_an_input": np.zeros((2, 3, D), np.float32)})
     return {
         "missing file": [str(tmp_path / "missing.onnx")],
         "a directory": [str(tmp_path / "dir.onnx")],
@@ -171,7 +171,7 @@ def test_block_structure_options(tmp_path):
     argv = [str(model), "--quiet", "--no-sensitivity", "--calib", str(_calib(tmp_path / "c.npz")),
             "--lut-inputs", "4", "--thresholds", "3", "--luts-per-output", "2", "--hidden-layers", "32"]
     assert main(argv) == 0
-    (block,) = read_blocks(onnx.load(str(tmp_path / "m.quweit.onnx")))
+    (block,) = read_blocks(load_model(tmp_path / "m.quweit.onnx"))
     assert (block.lut_inputs, block.thresholds_per_feature, block.layer_sizes) == (4, 3, (32, 2 * D))
     assert main([*argv[:-2], "--hidden-layers", "x", "-o", str(tmp_path / "z.onnx")]) == 2
 

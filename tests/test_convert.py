@@ -12,6 +12,7 @@ from quweit.converter.convert import convert, replace_mlps
 from quweit.converter.detect import find_mlps, prepare, rewrite_mlps
 from quweit.converter.errors import BadInputError, NoMlpError
 from quweit.converter.fitting import fit_block
+from quweit.onnxio import capture, runs
 
 D, H = 8, 24
 
@@ -59,14 +60,14 @@ def test_sequential_fit_sees_inputs_produced_by_earlier_blocks():
     assert report["mlps_replaced"] == 2 and len(fit.calls) == 2
     prepared = prepare(model)
     mlps = find_mlps(prepared).mlps
-    fit_feeds, _ = calibrate.split(calib, 16)
-    original = calibrate.capture(prepared, fit_feeds, [mlps[1].input], kernel=False)[mlps[1].input]
+    fit_feeds, _ = calibrate.split(prepared, calib, 16)
+    original = capture(prepared, fit_feeds, [mlps[1].input], kernel=False)[mlps[1].input]
     first_block = fit.calls[0]
-    np.testing.assert_array_equal(first_block[0], calibrate.capture(prepared, fit_feeds, [mlps[0].input])[mlps[0].input])
+    np.testing.assert_array_equal(first_block[0], capture(prepared, fit_feeds, [mlps[0].input])[mlps[0].input])
     x1, y1, _ = fit.calls[1]
     assert x1.shape == original.shape and not np.allclose(x1, original)  # block 0 changed what MLP 1 sees
     with_block0, _ = rewrite_mlps(prepared, {mlps[0].output: read_first_block(converted)})
-    np.testing.assert_array_equal(x1, calibrate.capture(with_block0, fit_feeds, [mlps[1].input])[mlps[1].input])
+    np.testing.assert_array_equal(x1, capture(with_block0, fit_feeds, [mlps[1].input])[mlps[1].input])
     np.testing.assert_allclose(y1, _dense(mlps[1], x1), rtol=1e-4, atol=1e-4)  # targets: the MLP on those inputs
 
 
@@ -82,8 +83,8 @@ def test_local_fit_uses_the_original_activations_and_fills_the_sensitivity_table
     _, report = convert(model, calib=calib, sequential=False, progress=False, fit=fit)
     prepared = prepare(model)
     mlps = find_mlps(prepared).mlps
-    fit_feeds, _ = calibrate.split(calib, 16)
-    original = calibrate.capture(prepared, fit_feeds, [m.input for m in mlps])
+    fit_feeds, _ = calibrate.split(prepared, calib, 16)
+    original = capture(prepared, fit_feeds, [m.input for m in mlps])
     assert len(fit.calls) == 2
     for (x, _, _), mlp in zip(fit.calls, mlps):
         np.testing.assert_array_equal(x, original[mlp.input])
@@ -146,12 +147,16 @@ def test_errors():
         convert(_two_mlps(), calib=_calib(), layers="0,9", progress=False)
 
 
-def test_models_beyond_the_protobuf_limit_run_from_a_side_file(monkeypatch):
-    """Calibration of a > 2 GiB model goes through a temporary file with external data (limit lowered here)."""
-    model, feeds = _two_mlps(), calibrate.batches(_calib(), 8)
+def test_models_beyond_the_protobuf_limit_run_without_one_proto(monkeypatch):
+    """A > 2 GiB model reaches onnxruntime without being serialized whole (limits lowered here)."""
+    from quweit.onnxio import session
+
+    model = _two_mlps()
+    feeds = runs(model, _calib(), 8)
     expected = calibrate.outputs(model, feeds)
     before = model.SerializeToString()
-    monkeypatch.setattr(calibrate, "PROTOBUF_LIMIT", 16)
+    monkeypatch.setattr(session, "PROTOBUF_LIMIT", 16)
+    monkeypatch.setattr(session, "HANDOVER_MIN_BYTES", 16)
     for a, b in zip(expected, calibrate.outputs(model, feeds)):
         np.testing.assert_array_equal(a, b)
     assert model.SerializeToString() == before

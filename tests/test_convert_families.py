@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from models import EXPORT_SHAPE, EXPORTERS, FAMILIES, LAYERS, export, reference_inputs
-from quweit.converter.calibrate import capture
 from quweit.converter.convert import replace_mlps
 from quweit.converter.detect import find_mlps, prepare
 from quweit.custom_ops import evaluate, read_blocks
+from quweit.onnxio import capture, load_model, make_session
 
 CASES = [(f, e) for f in FAMILIES for e in EXPORTERS]
 
@@ -25,7 +24,7 @@ def exported(tmp_path_factory):
         if (family, exporter) not in cache:
             path = tmp_path_factory.mktemp("models") / f"{family}_{exporter}.onnx"
             export(FAMILIES[family], exporter, path)
-            cache[family, exporter] = onnx.load(str(path))
+            cache[family, exporter] = load_model(path)
         return cache[family, exporter]
 
     return get
@@ -55,7 +54,7 @@ def _dims(value: onnx.ValueInfoProto) -> list:
 
 
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = make_session(model, kernel=False)
     names = {i.name for i in session.get_inputs()}
     return session.run(None, {k: v for k, v in feeds.items() if k in names})
 

@@ -4,10 +4,9 @@ its six MLPs (what `quweit-convert --example minilm` converts), and the embeddin
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 from quweit.converter import minilm
 from quweit.converter.detect import find_mlps, prepare
+from quweit.onnxio import load_model, make_session
 
 
 def test_shipped_text_and_tokenization():
@@ -28,7 +27,7 @@ def test_embed_is_the_mean_over_real_tokens():
 
 def test_export_has_six_gelu_mlps_and_dynamic_axes(tmp_path):
     path = minilm.export_minilm(tmp_path / "minilm.onnx")
-    model = onnx.load(str(path))
+    model = load_model(path)
     assert [i.name for i in model.graph.input] == list(minilm.INPUT_NAMES)
     assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", "sequence"]
     detection = find_mlps(prepare(model))
@@ -36,5 +35,5 @@ def test_export_has_six_gelu_mlps_and_dynamic_axes(tmp_path):
         ("linear_act_linear", "gelu", "384->1536->384")] * 6
     assert len(detection.rejected) == 24  # q, k, v and attention output projections of six layers
     inputs = minilm.calibration_inputs(3)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = make_session(path, kernel=False)
     assert minilm.embed(session, inputs["attention_mask"], inputs).shape == (3, 384)

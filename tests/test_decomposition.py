@@ -6,17 +6,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from blocks import LEADING_SHAPES, adversarial_inputs, blocks, same_bits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from blocks import LEADING_SHAPES, adversarial_inputs, blocks, same_bits
 from quweit.custom_ops import DOMAIN, attach_decomposition, evaluate, make_block_model, random_params
+from quweit.onnxio import make_session
 
 
 def run_stock_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = make_session(model, kernel=False, options=options)
     return session.run(None, {"X": x})[0]
 
 

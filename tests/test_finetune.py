@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from models import FAMILIES, export, reference_inputs
@@ -19,12 +18,13 @@ from quweit.converter.finetune_cli import main as finetune_main
 from quweit.converter.fitting import fit_block
 from quweit.converter.onnx_torch import OnnxGraphModule, write_back
 from quweit.custom_ops import BlockConfig, attach_decomposition, make_block_node, read_blocks
+from quweit.onnxio import load_model, make_session, save_model, write_npz
 
 HEAD_CONFIG = BlockConfig(lut_inputs=4, thresholds_per_feature=4, luts_per_output=2)
 
 
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    return make_session(model, kernel=False).run(None, feeds)
 
 
 def _with_head(base: onnx.ModelProto, nodes, inits, output: str) -> onnx.ModelProto:
@@ -36,7 +36,7 @@ def _with_head(base: onnx.ModelProto, nodes, inits, output: str) -> onnx.ModelPr
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(inits)
     del model.graph.output[:]
-    model.graph.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None))
+    model.graph.output.append(helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, [None, None, None]))
     return model
 
 
@@ -45,7 +45,7 @@ def pair(tmp_path_factory):
     """A tiny BERT (dynamo export) with two heads on its last hidden state: teacher `tanh(h W)`, student
     a WeightlessBlock fitted to it - a converted model in miniature, with the same frozen trunk."""
     folder = tmp_path_factory.mktemp("finetune")
-    base = onnx.load(export(FAMILIES["bert"], "dynamo", folder / "bert.onnx"))
+    base = load_model(export(FAMILIES["bert"], "dynamo", folder / "bert.onnx"))
     data = reference_inputs(FAMILIES["bert"], batch=96, seq=6)
     hidden = _run(base, data)[0]
     w = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32) / 2
@@ -57,16 +57,16 @@ def pair(tmp_path_factory):
     node, inits = make_block_node(params, "H", "y", prefix="head.", name="head_block")
     student = attach_decomposition(_with_head(base, [node], inits, "y"))
     paths = {"teacher": folder / "teacher.onnx", "student": folder / "student.onnx", "data": folder / "data.npz"}
-    onnx.save(teacher, paths["teacher"])
-    onnx.save(student, paths["student"])
-    np.savez(paths["data"], **data)
+    save_model(teacher, paths["teacher"])
+    save_model(student, paths["student"])
+    write_npz(paths["data"], data)
     return paths, teacher, student, data
 
 
 @pytest.mark.parametrize("family, exporter", [("bert", "dynamo"), ("bert", "legacy"), ("gpt2", "dynamo"),
                                               ("llama", "dynamo"), ("t5", "dynamo"), ("opt", "dynamo")])
 def test_graph_module_matches_onnxruntime(tmp_path, family, exporter):
-    model = onnx.load(export(FAMILIES[family], exporter, tmp_path / "m.onnx"))
+    model = load_model(export(FAMILIES[family], exporter, tmp_path / "m.onnx"))
     feeds = reference_inputs(FAMILIES[family], batch=3, seq=7)
     got = OnnxGraphModule(model).eval()(**{k: torch.from_numpy(v) for k, v in feeds.items()})
     np.testing.assert_allclose(got.numpy(), _run(model, feeds)[0], rtol=0, atol=1e-5)
@@ -126,10 +126,10 @@ def test_cli_resume_equals_uninterrupted_run(pair, tmp_path):
     assert finetune_main([*common, "-o", str(tmp_path / "part.onnx"), "--steps", "3"]) == 0
     assert finetune_main([*common, "-o", str(tmp_path / "resumed.onnx"), "--steps", "6",
                           "--resume", str(tmp_path / "part.onnx.ckpt")]) == 0
-    full = onnx.load(tmp_path / "full.onnx")
-    resumed = onnx.load(tmp_path / "resumed.onnx")
+    full = load_model(tmp_path / "full.onnx")
+    resumed = load_model(tmp_path / "resumed.onnx")
     assert read_blocks(full)[0].equals(read_blocks(resumed)[0])
-    assert not read_blocks(full)[0].equals(read_blocks(onnx.load(paths["student"]))[0])
+    assert not read_blocks(full)[0].equals(read_blocks(load_model(paths["student"]))[0])
 
 
 def test_cli_errors_name_the_problem(pair, tmp_path, capsys):
@@ -140,7 +140,7 @@ def test_cli_errors_name_the_problem(pair, tmp_path, capsys):
                           str(paths["teacher"]), "-o", str(out)]) == 2
     assert "exists; pass --force" in capsys.readouterr().err and out.read_bytes() == b"keep"
     bad = tmp_path / "bad.npz"
-    np.savez(bad, tokens=np.zeros((2, 3), np.int64))
+    write_npz(bad, {"tokens": np.zeros((2, 3), np.int64)})
     assert finetune_main([str(paths["student"]), "--data", str(bad), "--teacher", str(paths["teacher"]),
                           "-o", str(tmp_path / "x.onnx")]) == 2
     assert "missing arrays for graph inputs" in capsys.readouterr().err
@@ -168,7 +168,7 @@ def test_torchrun_two_processes_match_one_process(pair, tmp_path):
     single = torch.load(tmp_path / "single.onnx.ckpt", weights_only=False)["model"]
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-5, atol=1e-6)
-    a, b = (read_blocks(onnx.load(tmp_path / f"{n}.onnx"))[0] for n in ("ddp", "single"))
+    a, b = (read_blocks(load_model(tmp_path / f"{n}.onnx"))[0] for n in ("ddp", "single"))
     assert np.array_equal(a.table_bits(), b.table_bits()) and np.array_equal(a.mapping, b.mapping)
     assert np.abs(a.encoded_values.astype(np.int64) - b.encoded_values).max() <= 1
 

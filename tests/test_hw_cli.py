@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import pytest
 from hw_support import block, build_tvm, same_bits
 from onnx import TensorProto, helper, numpy_helper
 from quweit.custom_ops import evaluate, make_block_model, random_params
 from quweit.hwbackend import cli, simulate, vectors
 from quweit.hwbackend.compile import blocks_only_model
+from quweit.onnxio import save_model
 
 
 def _chain(path):
@@ -29,7 +29,7 @@ def _chain(path):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
-    onnx.save(attach_decomposition(model), str(path))
+    save_model(attach_decomposition(model), path)
     return first, second
 
 
@@ -60,7 +60,7 @@ def test_compile_and_verify_two_blocks(tmp_path, capsys):
 
 def test_mismatch_exits_1_naming_block_vector_output(tmp_path, monkeypatch, capsys):
     params = block(41, n=3, layers=1)
-    onnx.save(make_block_model(params), str(tmp_path / "m.onnx"))
+    save_model(make_block_model(params), tmp_path / "m.onnx")
     real_core = vectors.integer_core
 
     def off_by_one(p, q):  # the expected file is wrong at vector 5, output 1
@@ -82,20 +82,20 @@ def _dense_model(path):
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2])],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
 
 
 def _wide_model(path):
     params = random_params(np.random.default_rng(0), in_features=8193, out_features=1, thresholds_per_feature=1,
                            lut_inputs=2)
-    onnx.save(make_block_model(params), str(path))
+    save_model(make_block_model(params), path)
 
 
 @pytest.mark.parametrize("case,needle", [
     ("no_blocks", "holds no quweit::WeightlessBlock"),
     ("too_wide", "q input bus (in_features * input_bits) is 65544"),
     ("no_simulator", "needs 'iverilog' on PATH"),
-    ("missing_file", "does not exist"),
+    ("missing_file", "no such file"),
     ("bad_block", "parameter 'mapping'"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(case, needle, tmp_path, monkeypatch, capsys):
@@ -110,9 +110,9 @@ def test_bad_input_exits_2_and_writes_nothing(case, needle, tmp_path, monkeypatc
         bad = numpy_helper.to_array(mapping).copy()
         bad[0, 0] = 10_000
         mapping.CopyFrom(numpy_helper.from_array(bad, mapping.name))
-        onnx.save(onnx_model, str(model))
+        save_model(onnx_model, model)
     else:
-        onnx.save(make_block_model(block(1, n=2, layers=1)), str(model))
+        save_model(make_block_model(block(1, n=2, layers=1)), model)
     if case == "no_simulator":
         monkeypatch.setattr(simulate.shutil, "which", lambda tool: None)
     target = tmp_path / ("absent.onnx" if case == "missing_file" else "m.onnx")
@@ -123,7 +123,7 @@ def test_bad_input_exits_2_and_writes_nothing(case, needle, tmp_path, monkeypatc
 
 
 def test_refuses_to_clobber_without_force(tmp_path, capsys):
-    onnx.save(make_block_model(block(2, n=2, layers=1)), str(tmp_path / "m.onnx"))
+    save_model(make_block_model(block(2, n=2, layers=1)), tmp_path / "m.onnx")
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")

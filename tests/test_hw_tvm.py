@@ -5,7 +5,6 @@ exactly the blocks, and nothing when there are none."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 import tvm
 from hw_support import activations, block, build_tvm, run_kernel, run_ort, run_vm, same_bits
@@ -13,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from quweit.custom_ops import attach_decomposition, evaluate, make_block_model, make_block_node
 from quweit.hwbackend import frontend
 from quweit.hwbackend.patterns import partition_for_quweit
+from quweit.onnxio import load_model
 from tvm import relax
 
 CASES = [(n, layers) for n in range(1, 9) for layers in (1, 2, 3) if (n + layers) % 2 == 0] + [(6, 1), (8, 3)]
@@ -133,20 +133,22 @@ def converted_bert(tmp_path_factory):
 
     family = models.FAMILIES["bert"]
     path = models.export(family, "legacy", tmp_path_factory.mktemp("bert") / "bert.onnx")
-    converted, _ = replace_mlps(onnx.load(str(path)))
+    converted, _ = replace_mlps(load_model(path))
     feeds = models.reference_inputs(family, 2, 5)
     return converted, feeds
 
 
 def test_converted_transformer_blocks_bit_exact(converted_bert, tmp_path):
     """Each block of the converted transformer, on the activations it really receives there."""
-    from quweit.custom_ops import read_blocks
-    from quweit.hwbackend.capture import capture_block_inputs
+    from quweit.custom_ops import block_nodes, read_blocks
+    from quweit.onnxio import capture
 
     model, feeds = converted_bert
     blocks = read_blocks(model)
     assert len(blocks) == 2
-    for k, (params, x) in enumerate(zip(blocks, capture_block_inputs(model, feeds))):
+    names = [node.input[0] for node in block_nodes(model)]
+    captured = capture(model, [feeds], names, kernel=False)
+    for k, (params, x) in enumerate(zip(blocks, (captured[n] for n in names))):
         single = make_block_model(params, ("rows",))
         want = evaluate(params, x)
         assert same_bits(run_vm(build_tvm(frontend.from_onnx(single), tmp_path, f"n{k}"), x), want)

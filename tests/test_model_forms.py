@@ -22,7 +22,7 @@ from quweit.converter.convert import convert
 from quweit.converter.costs import linear_weight
 from quweit.converter.detect import find_mlps, prepare, rewrite_mlps
 from quweit.custom_ops import default_config, random_params
-from quweit.runtime import make_session
+from quweit.onnxio import capture, make_session
 
 #: whole-model output of the dense stand-in vs the original: float forms agree to float rounding;
 #: quantized forms differ by the int8 rounding inside the MLPs (the stand-in computes them in float)
@@ -48,7 +48,7 @@ def _run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndar
 
 
 def _stock(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return make_session(model, kernel=False)
 
 
 def _linears(model: onnx.ModelProto) -> int:
@@ -92,13 +92,13 @@ def test_every_mlp_found_replaced_exactly_and_runs(made, name):
 
     feeds = calibration_feeds(form.family, 1, seed=7)[0]
     stock = _run(_stock(converted), feeds)
-    kernel = _run(make_session(without_decomposition(converted), threads=1), feeds)
+    kernel = _run(make_session(without_decomposition(converted), kernel=True, threads=1), feeds)
     assert stock.shape == kernel.shape and np.isfinite(stock).all()
     assert np.array_equal(stock.view(np.int32), kernel.view(np.int32))
 
     # the rest of the model is untouched: everything before the first block is bit-identical
     first = mlps[0].input
-    upstream = [calibrate.capture(m, [feeds], [first], kernel=False)[first] for m in (prepared, converted)]
+    upstream = [capture(m, [feeds], [first], kernel=False)[first] for m in (prepared, converted)]
     assert np.array_equal(upstream[0].view(np.int32), upstream[1].view(np.int32))
 
     # exactness: the dense MLP the detector read, put where the block is, gives the original's output

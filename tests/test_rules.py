@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx.parser
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 from quweit.converter.convert import replace_mlps
 from quweit.converter.detect import find_mlps, prepare
+from quweit.onnxio import make_session
 
 D, H = 8, 16
 
@@ -65,7 +65,7 @@ def _mlp_body(act: str, linear: str) -> tuple[str, dict]:
 
 
 def _run(model, x):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return make_session(model, kernel=False).run(None, {"x": x})[0]
 
 
 @pytest.mark.parametrize("linear", ["matmul_bias", "matmul", "reshape_gemm"])

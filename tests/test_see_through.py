@@ -10,11 +10,11 @@ import collections
 import numpy as np
 import onnx
 import onnx.parser
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 from quweit.converter.convert import replace_mlps
 from quweit.converter.detect import find_mlps, prepare, rewrite_mlps
+from quweit.onnxio import make_session
 
 D, H = 8, 16
 
@@ -39,7 +39,7 @@ def _weights(**extra) -> dict[str, np.ndarray]:
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return make_session(model, kernel=False).run(None, {"x": x})[0]
 
 
 X = np.random.default_rng(1).standard_normal((2, 3, D)).astype(np.float32)

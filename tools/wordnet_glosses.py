@@ -13,9 +13,10 @@ the file, so text taken from the end (the examples' held-out glosses) appears no
 from __future__ import annotations
 
 import argparse
-import os
 import random
 from pathlib import Path
+
+from quweit.onnxio import write_text
 
 PARTS = ("noun", "verb", "adj", "adv")
 FIRST_RELEASE = 3000
@@ -61,9 +62,7 @@ def main() -> None:
             sample.append(text)
     if len(sample) < args.count:
         raise SystemExit(f"only {len(sample)} distinct glosses, asked for {args.count}")
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_text("\n".join(sample) + "\n", encoding="utf-8")
-    os.replace(tmp, args.output)
+    write_text(args.output, "\n".join(sample) + "\n", force=args.force)
     print(f"wrote {len(sample)} glosses to {args.output}")
 
 
