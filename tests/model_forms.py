@@ -159,18 +159,22 @@ FORMS = {f.name: f for f in [
     Form("int8_dynamic_ort_bias_gelu", "bert", "legacy", then(ort_optimized(model_type="bert"), dynamic_int8), "gelu",
          "int8", quantized=True, down_bias=False, mlp_ops=FUSED),
     Form("qdq_static", "bert", "legacy", static_qdq, "gelu", "matmul", quantized=True, mlp_ops=("Erf",)),
-    Form("qdq_static_dynamo", "bert", "dynamo", static_qdq, "gelu", "matmul", quantized=True, mlp_ops=("Erf",)),
 ]}
 
 
-def make(form: Form, folder: Path) -> onnx.ModelProto:
-    """The form's model (written in `folder`), loaded with its weights."""
+def make(form: Form, folder: Path, exports: dict | None = None) -> onnx.ModelProto:
+    """The form's model (written in `folder`), loaded with its weights; `exports` caches the torch exports
+    that several forms start from."""
     optimize = form.exporter == "dynamo" and form.transform in (dynamic_int8, static_qdq)
-    exported = export_random(form.family, form.exporter, folder / f"{form.name}.export.onnx", optimize=optimize)
+    key = (form.family, form.exporter, optimize)
+    exports = {} if exports is None else exports
+    if key not in exports:
+        exports[key] = export_random(form.family, form.exporter, folder / f"{form.family}_{form.exporter}.onnx",
+                                     optimize=optimize)
     out = folder / f"{form.name}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        form.transform(exported, out, form.family)
+        form.transform(exports[key], out, form.family)
     return load_model(out)
 
 

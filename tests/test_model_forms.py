@@ -32,11 +32,13 @@ QUANTIZED_MIN_COSINE = 0.999
 
 @pytest.fixture(scope="session")
 def made(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("forms")
     cache: dict[str, onnx.ModelProto] = {}
+    exports: dict = {}
 
     def get(name: str) -> onnx.ModelProto:
         if name not in cache:
-            cache[name] = make(FORMS[name], tmp_path_factory.mktemp(name))
+            cache[name] = make(FORMS[name], folder, exports)
         return cache[name]
 
     return get
@@ -125,13 +127,17 @@ def _fitted_fidelity(model: onnx.ModelProto) -> float:
     return calibrate.fidelity(calibrate.outputs(model, held_out), calibrate.outputs(converted, held_out))
 
 
+@pytest.fixture(scope="session")
+def float_fidelity(made) -> float:
+    return _fitted_fidelity(made("legacy"))
+
+
 @pytest.mark.parametrize("name", ["int8_dynamic", "qdq_static"])
-def test_quantized_model_converted_keeps_its_own_output(made, name):
+def test_quantized_model_converted_keeps_its_own_output(made, float_fidelity, name):
     """The converted model is compared with the quantized model's own output (not the float one's)."""
     quantized = _fitted_fidelity(made(name))
-    float_baseline = _fitted_fidelity(made("legacy"))
     assert quantized >= FIDELITY_FLOOR, quantized
-    assert quantized >= float_baseline - FIDELITY_SLACK, (quantized, float_baseline)
+    assert quantized >= float_fidelity - FIDELITY_SLACK, (quantized, float_fidelity)
 
 
 def test_training_mode_export_names_each_dropout_and_the_fix(tmp_path, capsys):
