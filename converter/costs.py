@@ -12,7 +12,6 @@ import numpy as np
 import onnx
 from quweit.custom_ops import WeightlessBlockParams
 
-
 LINEAR_OPS = ("MatMul", "Gemm", "MatMulInteger")
 
 

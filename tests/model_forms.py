@@ -219,7 +219,7 @@ def dense_stand_in(converted: onnx.ModelProto, mlps) -> onnx.ModelProto:
         mlp = by_output[node.output[0]]
         prefix = f"standin{len(acts) + len(inits)}/"
 
-        def linear(x: str, w, b, tag: str) -> str:
+        def linear(x: str, w, b, tag: str, prefix: str = prefix) -> str:
             inits.append(numpy_helper.from_array(w, prefix + tag + "/w"))
             nodes.append(helper.make_node("MatMul", [x, prefix + tag + "/w"], [prefix + tag + "/xw"]))
             if b is None:

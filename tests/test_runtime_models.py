@@ -10,7 +10,6 @@ than the export's.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from models import FAMILIES, export, reference_inputs, without_decomposition

@@ -61,7 +61,7 @@ def test_identity_like_nodes_inside_an_mlp_are_seen_through(between):
     model = _model(body, _weights(**SCALARS, zero=np.array(0.0, np.float32)))
     detection = find_mlps(prepare(model))
     assert [(m.shape, m.b_down is not None) for m in detection.mlps] == [(f"{D}->{H}->{D}", True)]
-    converted, report = replace_mlps(model)
+    converted, _ = replace_mlps(model)
     assert [n.op_type for n in converted.graph.node] == ["WeightlessBlock"]
 
 

@@ -18,8 +18,8 @@ from quweit.custom_ops import DOMAIN, OP_TYPE, WeightlessBlockParams
 from ..mlp import MlpMatch
 from .activations import ACT_DOMAIN, ACTIVATION_OPS
 from .linear import NotALinear, constant, read_linear
-from .quantized import LINEAR_DOMAIN, NotDequantizable, dequantized_constant
 from .ort_fused import WITH_BIAS, fused_bias, quick_gelu_name
+from .quantized import LINEAR_DOMAIN, NotDequantizable, dequantized_constant
 from .see_through import View
 
 Decide = Callable[[MlpMatch], WeightlessBlockParams | str]
