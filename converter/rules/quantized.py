@@ -45,18 +45,20 @@ class NotDequantizable(ValueError):
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, axis: int = 1) -> np.ndarray:
-    """`(q - zero_point) * scale` in float32, per tensor (scalar scale) or per `axis` (1-D scale)."""
-    scale = np.asarray(scale, np.float32)
-    zero = np.zeros_like(scale, np.float32) if zero_point is None else np.asarray(zero_point).astype(np.float32)
-    if scale.size > 1:
-        if scale.ndim != 1 or q.ndim == 0 or scale.shape[0] != q.shape[axis]:
-            raise NotDequantizable(f"scale of shape {list(scale.shape)} does not match axis {axis} of {list(q.shape)}")
+    """`(q - zero_point) * scale` in float32; scale and zero point each per tensor (one value) or per `axis`."""
+
+    def along_axis(values: np.ndarray, what: str) -> np.ndarray:
+        values = np.asarray(values).astype(np.float32)
+        if values.size == 1:
+            return values.reshape(())
+        if values.ndim != 1 or q.ndim == 0 or values.shape[0] != q.shape[axis]:
+            raise NotDequantizable(f"{what} of shape {list(values.shape)} does not match axis {axis} of {list(q.shape)}")
         shape = [1] * q.ndim
         shape[axis] = -1
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    else:
-        scale, zero = scale.reshape(()), zero.reshape(())
-    return ((q.astype(np.float32) - zero) * scale).astype(np.float32)
+        return values.reshape(shape)
+
+    zero = np.zeros((), np.float32) if zero_point is None else along_axis(zero_point, "zero point")
+    return ((q.astype(np.float32) - zero) * along_axis(scale, "scale")).astype(np.float32)
 
 
 def dequantized_constant(value: ir.Value) -> np.ndarray | None:
