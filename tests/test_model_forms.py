@@ -53,10 +53,12 @@ def _stock(model: onnx.ModelProto) -> ort.InferenceSession:
     return make_session(model, kernel=False)
 
 
-def _linears(model: onnx.ModelProto) -> int:
+def _linears(model: onnx.ModelProto, names: bool = False):
+    """The Linear layers of `model` (constant weight, float or quantized): their count, or their names."""
     inits = {t.name: t for t in model.graph.initializer}
     producers = {out: node for node in model.graph.node for out in node.output}
-    return sum(linear_weight(node, inits, producers) is not None for node in model.graph.node)
+    found = [node.name for node in model.graph.node if linear_weight(node, inits, producers) is not None]
+    return found if names else len(found)
 
 
 def _random_blocks(mlps) -> dict:
@@ -81,6 +83,10 @@ def test_every_mlp_found_replaced_exactly_and_runs(made, name):
     assert {(m.activation, m.linear) for m in mlps} == {(form.activation, form.linear)}
     # a bias that onnxruntime moved into SkipLayerNormalization stays there: the block must not add it too
     assert {m.b_down is not None for m in mlps} == {form.down_bias}
+    # --explain names every other Linear of the model (attention projections) with its reason
+    in_mlps = {n for m in mlps for n in m.nodes}
+    explained = {where for where, _ in detection.rejected}
+    assert set(_linears(prepared, names=True)) - in_mlps <= explained
 
     converted, count = rewrite_mlps(prepared, _random_blocks(mlps))
     assert count == LAYERS

@@ -4,13 +4,14 @@ Static QDQ quantization (`onnxruntime.quantization.quantize_static`) puts a `Qua
 DequantizeLinear` pair on almost every activation edge, inside the GELU decomposition as well, and
 stores scalar constants (the GELU's 0.5 and 1) as `DequantizeLinear` of an int8 constant; a
 training-mode export puts `Dropout(training_mode=True)` between an MLP's stages. Neither is an identity,
-so `onnxscript.optimizer` rightly keeps them, and the onnxscript rewriter has no "optional node on this
-edge" (an `OrValue` per edge would multiply every pattern, and commuted copies of Or-patterns are not
-made). So this module is hand-written: `looking_through(model)` takes these units out of the main graph
-while the rules run (their readers read the unit's input) and afterwards puts back every unit that a node
-outside the rewritten MLPs still reads, so the rest of the model keeps its quantization exactly. A unit
-whose readers were all rewritten is swallowed by the block: the block replaces the whole quantize ->
-matmul -> dequantize chain. A swallowed training-mode Dropout is a reason to refuse the MLP.
+so `onnxscript.optimizer` rightly keeps them; onnxscript (0.7) has no rule for QDQ, and its rewriter has
+no "optional node on this edge" (an `OrValue` per edge would multiply every pattern, and commuted copies
+of Or-patterns are not made). So this module is hand-written: `looking_through(model)` takes these units
+out of the main graph while the rules run (their readers read the unit's input, or the float value of a
+dequantized scalar) and afterwards puts back every unit that a node outside the rewritten MLPs still
+reads, so the rest of the model keeps its quantization exactly. A unit whose readers were all rewritten
+is swallowed by the block: the block replaces the whole quantize -> matmul -> dequantize chain. A
+swallowed training-mode Dropout is a reason to refuse the MLP.
 
 Readers are remembered by node name and op type: the activation fusions move nodes into model-local
 functions and inlining brings back copies with the same names.
