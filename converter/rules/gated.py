@@ -8,7 +8,7 @@ from .linear import linear
 
 class GatedMlp(MlpRule):
     family = "gated"
-    mixed_biases = False  # no exporter or optimizer splits a gated MLP's biases (rules saved: commuted copies)
+    mixed_biases = False  # the gated MLPs seen have both biases or neither (fewer rules: commuted copies multiply)
 
     def pattern(self, op, x, w_gate, b_gate, s_gate_in, s_gate_out, w_up, b_up, s_up_in, s_up_out,
                 w_down, b_down, s_down_in, s_down_out):
