@@ -54,18 +54,33 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--thresholds", type=int, help="thermometer bits per input feature (default 8)")
     g.add_argument("--luts-per-output", type=int, help="LUTs summed per output (default 8)")
     g.add_argument("--hidden-layers", help="sizes of LUT layers before the last one, e.g. 4096,2048 (default none)")
+    h = p.add_argument_group("blocks designed for hardware (plain op v1 parameters; see hwbackend/README.md)")
+    h.add_argument("--value-bits", type=int, help="signed bits of encoded values and biases (default 16; 4 or 8 "
+                   "make narrow adders)")
+    h.add_argument("--popcount", action="store_true", help="one value per output group (DWN's GroupSum: each LUT "
+                   "adds 0 or 1, the magnitude goes to the output scale): the sum is a popcount in hardware")
+    h.add_argument("--input-bits", type=int, help="bits of the quantized input (default 8; <= 6 makes every "
+                   "thermometer comparator one LUT6)")
     return p
 
 
 def _config(args) -> BlockConfig | None:
     given = {k: v for k, v in {"lut_inputs": args.lut_inputs, "thresholds_per_feature": args.thresholds,
-                                "luts_per_output": args.luts_per_output}.items() if v is not None}
+                                "luts_per_output": args.luts_per_output, "value_bits": args.value_bits,
+                                "input_bits": args.input_bits}.items() if v is not None}
+    if args.popcount:
+        given["popcount"] = True
+    for name, low, high in (("value_bits", 2, 24), ("input_bits", 2, 16)):
+        if name in given and not low <= given[name] <= high:
+            raise ConvertError(f"--{name.replace('_', '-')} {given[name]}: must be in [{low}, {high}]")
     if args.hidden_layers:
         try:
             given["hidden_layers"] = tuple(int(v) for v in args.hidden_layers.split(","))
         except ValueError:
             raise ConvertError(f"--hidden-layers {args.hidden_layers!r}: expected sizes like 4096,2048") from None
     for name, value in given.items():
+        if name == "popcount":
+            continue
         if name != "hidden_layers" and value < 1 or name == "hidden_layers" and min(value) < 1:
             raise ConvertError(f"--{name.replace('_', '-')} {value}: must be >= 1")
     return BlockConfig(**given) if given else None

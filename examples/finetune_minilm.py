@@ -57,6 +57,9 @@ def main() -> None:
                    help="also fine-tune the non-MLP weights (attention, norms, embeddings)")
     p.add_argument("--dense-lr", type=float, default=5e-4)
     p.add_argument("--schedule", choices=("constant", "cosine"), default="cosine")
+    p.add_argument("--popcount", action="store_true", help="hardware-designed blocks: popcount sums (values frozen)")
+    p.add_argument("--value-bits", type=int, default=None, help="hardware-designed blocks: value bits (values frozen)")
+    p.add_argument("--input-bits", type=int, default=None, help="hardware-designed blocks: input bits")
     p.add_argument("--out", type=Path, default=None, help="working folder (models, data, checkpoint)")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
@@ -76,8 +79,14 @@ def main() -> None:
     reference = minilm.embed(make_session(original), heldout["attention_mask"], heldout)
 
     started = time.monotonic()
+    from quweit.custom_ops import BlockConfig
+
+    hw = {k: v for k, v in {"popcount": args.popcount or None, "value_bits": args.value_bits,
+                            "input_bits": args.input_bits}.items() if v is not None}
+    if args.popcount or args.value_bits is not None:
+        args.value_lr = 0.0  # training would move the values out of the popcount / narrow form
     converted, report = convert(original, calib=calib, layers="all", budget_seconds=args.fit_budget,
-                                sensitivity=False)
+                                sensitivity=False, config=BlockConfig(**hw) if hw else None)
     fit_seconds = time.monotonic() - started
     converted_path = out / "minilm.all.quweit.onnx"
     save_model(converted, converted_path, force=True)

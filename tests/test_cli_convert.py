@@ -189,3 +189,18 @@ def test_interrupt_while_writing_leaves_no_output(tmp_path, monkeypatch):
     listing = sorted(p.name for p in tmp_path.iterdir())
     assert main([str(model), "--quiet", "--no-sensitivity", "--calib", calib]) == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == listing
+
+
+def test_hardware_block_options(tmp_path, capsys):
+    """--popcount --value-bits --input-bits: plain v1 blocks with one power-of-two value per group, narrow
+    biases and 5-bit inputs; out-of-range option values exit 2."""
+    model = _mlp_model(tmp_path / "m.onnx")
+    argv = [str(model), "--quiet", "--no-sensitivity", "--calib", str(_calib(tmp_path / "c.npz")),
+            "--luts-per-output", "4", "--popcount", "--value-bits", "6", "--input-bits", "5"]
+    assert main(argv) == 0
+    (block,) = read_blocks(load_model(tmp_path / "m.quweit.onnx"))
+    values = block.encoded_values.reshape(-1, 4)
+    assert block.input_bits == 5 and (values == values[:, :1]).all()
+    assert all(v & (v - 1) == 0 for v in values[:, 0].tolist()) and np.abs(block.bias).max() <= 31
+    assert main([*argv, "--value-bits", "1", "-o", str(tmp_path / "z.onnx")]) == 2
+    assert "--value-bits 1" in capsys.readouterr().err

