@@ -106,8 +106,7 @@ def convert(
     prepared = prepare(model)
     detection = find_mlps(prepared)
     if not detection.mlps:
-        raise NoMlpError("no MLP found in the model (--explain says why candidates did not match)",
-                         detection.rejected)
+        raise NoMlpError(detection.no_mlp_message(), detection.rejected)
     selection = parse_layers(layers, len(detection.mlps))
     synthetic = calib is None
     if synthetic:

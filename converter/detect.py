@@ -18,8 +18,10 @@ from quweit.onnxio import upgrade_opset
 
 from .bypass import Replacement
 from .errors import BadInputError
+from .costs import linear_weight
 from .mlp import MlpMatch
-from .rules import activation_fusions, inline_activations, mlp_rules
+from .rules import fusions, inline_fusions, looking_through, mlp_rules, present_ops
+from .rules.see_through import TRAINING_DROPOUT_FIX, identity_rules
 
 
 def _to_ir(model: onnx.ModelProto) -> ir.Model:
@@ -35,6 +37,8 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         ir_model = _to_ir(model)
         onnxscript.optimizer.optimize(ir_model)
+        if identity_rules().apply_to_model(ir_model):  # shapes are known once the optimizer has run
+            onnxscript.optimizer.optimize(ir_model)
     except Exception as err:
         raise _invalid_model_or(err, model) from err
     NameFixPass()(ir_model)
@@ -103,6 +107,13 @@ class Detection:
     mlps: list[MlpMatch]
     rejected: list[tuple[str, str]]  # (where, reason)
 
+    def no_mlp_message(self) -> str:
+        """What to tell a user whose model has no MLP: the training-mode Dropout in the way, if one is."""
+        for where, reason in self.rejected:
+            if TRAINING_DROPOUT_FIX in reason:
+                return f"no MLP found in the model: at '{where}': {reason}"
+        return "no MLP found in the model (--explain says why candidates did not match)"
+
 
 class _Recorder:
     """Decide callback: remember each MLP once (several commuted rule variants may see the same one)."""
@@ -112,9 +123,11 @@ class _Recorder:
         self.found: dict[str, MlpMatch] = {}
         self.verdicts: dict[str, WeightlessBlockParams | str] = {}
         self.rejected: dict[str, str] = {}
+        self.explained: set[str] = set()  # nodes of rejected candidates: their reason covers them
 
-    def reject(self, where: str, reason: str) -> None:
+    def reject(self, where: str, reason: str, nodes: list[str]) -> None:
         self.rejected.setdefault(where, reason)
+        self.explained.update(nodes)
 
     def __call__(self, mlp: MlpMatch):
         self.found.setdefault(mlp.output, mlp)
@@ -125,9 +138,14 @@ class _Recorder:
 
 def _apply(model: onnx.ModelProto, recorder: _Recorder) -> tuple[ir.Model, int]:
     ir_model = _to_ir(model)
-    activation_fusions().apply_to_model(ir_model)
-    count = mlp_rules(recorder).apply_to_model(ir_model)
-    inline_activations(ir_model)
+    count = 0
+    with looking_through(ir_model) as view:
+        for fusion in fusions(present_ops(ir_model)):
+            fusion.apply_to_model(ir_model)
+        rules = mlp_rules(recorder, present_ops(ir_model), view)
+        if rules is not None:
+            count = rules.apply_to_model(ir_model)
+        inline_fusions(ir_model)
     return ir_model, count
 
 
@@ -139,7 +157,8 @@ def find_mlps(model: onnx.ModelProto) -> Detection:
     mlps = sorted(recorder.found.values(), key=lambda m: min(order.get(n, 1 << 30) for n in m.nodes))
     in_mlp = {n for m in mlps for n in m.nodes}
     rejected = [(w, r) for w, r in recorder.rejected.items() if w not in in_mlp]
-    return Detection(mlps, rejected + _unmatched_linears(model, mlps, {w for w, _ in rejected}))
+    explained = {w for w, _ in rejected} | (recorder.explained - in_mlp)
+    return Detection(mlps, rejected + _unmatched_linears(model, mlps, explained))
 
 
 def rewrite_mlps(model: onnx.ModelProto, params: dict[str, WeightlessBlockParams | Replacement]
@@ -171,8 +190,9 @@ def _name_blocks(ir_model: ir.Model, recorder: _Recorder) -> None:
 
 
 def _unmatched_linears(model: onnx.ModelProto, mlps: list[MlpMatch], explained: set[str]) -> list[tuple[str, str]]:
-    """MatMul/Gemm nodes with a constant weight that belong to no MLP, with the node that follows them."""
+    """Linear layers (a constant weight, float or quantized) that belong to no MLP, with the node after them."""
     inits = {t.name: t for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
     in_mlp = {n for m in mlps for n in m.nodes}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -180,12 +200,13 @@ def _unmatched_linears(model: onnx.ModelProto, mlps: list[MlpMatch], explained: 
             consumers.setdefault(name, []).append(node)
     reasons = []
     for node in model.graph.node:
-        if node.op_type not in ("MatMul", "Gemm") or node.name in in_mlp or node.name in explained or len(node.input) < 2:
+        if node.name in in_mlp or node.name in explained:
             continue
-        if node.input[1] not in inits:
+        weight = linear_weight(node, inits, producers)
+        if weight is None:
             continue  # activation x activation products (attention scores) are not Linear layers
-        dims = list(inits[node.input[1]].dims)
         after = [f"{c.op_type} '{c.name}'" for c in consumers.get(node.output[0], [])] or ["graph output"]
-        reason = f"Linear {dims} is not part of Linear -> activation -> Linear (its output goes to {', '.join(after)})"
+        reason = (f"Linear {list(weight.dims)} is not part of Linear -> activation -> Linear "
+                  f"(its output goes to {', '.join(after)})")
         reasons.append((node.name, reason))
     return reasons
