@@ -33,7 +33,8 @@ class Recipe:
     reconstruct_batch: int = 1024  # tokens per reconstruction step
     distill_steps: int = 0  # end-to-end steps against the original model
     distill_batch: int = 16  # samples per end-to-end step
-    train_dense: bool = True  # end-to-end: also the weights around the blocks (attention, norms, embeddings)
+    train_dense: bool = True  # end-to-end: also the weights around the blocks (attention, norms)
+    train_lookups: bool = False  # and the embedding tables (a dense step over every row; see onnx_torch)
     lr: float = 1e-2  # tables
     value_lr: float = 3e-3  # encoded values and biases
     bypass_lr: float = 1e-3
@@ -91,6 +92,7 @@ def distill(
 
     options = FinetuneOptions(
         steps=recipe.distill_steps, batch_size=recipe.distill_batch, lr=recipe.lr, value_lr=recipe.value_lr,
-        bypass_lr=recipe.bypass_lr, train_dense=recipe.train_dense, dense_lr=recipe.dense_lr,
+        bypass_lr=recipe.bypass_lr, train_dense=recipe.train_dense, train_lookups=recipe.train_lookups,
+        dense_lr=recipe.dense_lr,
         schedule=recipe.schedule, warmup_steps=round(recipe.warmup_share * recipe.distill_steps), seed=seed)
     return finetune(converted, data, teacher=Teacher(original), options=options, progress=progress)
