@@ -8,17 +8,20 @@ only that MLP converted) and the order in which `layers="auto"` converts MLPs un
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
 import numpy as np
 import onnx
 from quweit.custom_ops import BlockConfig, WeightlessBlockParams, default_config
-from quweit.onnxio import capture, check_inputs
+from quweit.onnxio import ONNXRUNTIME_ERRORS, Run, capture, check_inputs
 from tqdm.auto import tqdm
 
 from . import calibrate, costs
+from .bypass import Replacement, as_replacement
 from .detect import Detection, find_mlps, prepare, rewrite_mlps
+from .distill import Recipe, distill, fit_sequential
 from .errors import BadInputError, NoMlpError
 from .mlp import MlpMatch
 
@@ -86,8 +89,16 @@ def convert(
     sequential: bool = True,
     sensitivity: bool = True,
     fit: Callable | None = None,
+    recipe: Recipe | None = None,
+    distill_data: dict[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto, dict]:
-    """The converted model (blocks + their decomposition) and the report (see `build_report`)."""
+    """The converted model (blocks + their decomposition) and the report (see `build_report`).
+
+    With a `recipe` (`distill.Recipe`), the chosen MLPs are replaced sequentially by block + low-rank
+    bypass, each reconstructed by gradient, and then `recipe.distill_steps` end-to-end steps train the
+    converted model against the original on `distill_data` (default: the calibration samples that are
+    not held out for the fidelity measure).
+    """
     from .fitting import fit_block
 
     fit = fit or fit_block
@@ -95,8 +106,7 @@ def convert(
     prepared = prepare(model)
     detection = find_mlps(prepared)
     if not detection.mlps:
-        raise NoMlpError("no MLP found in the model (--explain says why candidates did not match)",
-                         detection.rejected)
+        raise NoMlpError(detection.no_mlp_message(), detection.rejected)
     selection = parse_layers(layers, len(detection.mlps))
     synthetic = calib is None
     if synthetic:
@@ -104,7 +114,10 @@ def convert(
     else:
         check_inputs(prepared, calib, "--calib")
     fit_feeds, held_out = calibrate.split(prepared, calib, CALIB_BATCH)
-    reference = calibrate.outputs(prepared, held_out)
+    try:  # the first run of the user's model: onnxruntime refusing it is bad input, not a bug
+        reference = calibrate.outputs(prepared, held_out)
+    except ONNXRUNTIME_ERRORS as err:
+        raise BadInputError(f"onnxruntime cannot run the model: {str(err).strip().splitlines()[0]}") from err
     mlps = detection.mlps
     need_local = sensitivity or selection == "auto" or not sequential
     # budget: an even share for every fit that may run (local fits, then sequential refits)
@@ -112,6 +125,10 @@ def convert(
     per_fit = None if budget_seconds is None else max(0.0, budget_seconds) / max(1, most_fits)
 
     def fit_one(mlp: MlpMatch, x: np.ndarray, y: np.ndarray, bar) -> WeightlessBlockParams:
+        for what, value in (("input", x), ("output", y)):
+            if not np.isfinite(value).all():
+                raise BadInputError(f"MLP {mlps.index(mlp)} ({mlp.output}): its {what} is NaN or infinite on the "
+                                    "calibration data (check the model's weights and the --calib inputs)")
         cfg = config or default_config(mlp.d_in, mlp.d_out)
         bar.set_postfix_str(f"MLP {mlps.index(mlp)} on {len(x)} tokens")
         params = fit(x, y, config=cfg, budget_seconds=per_fit, seed=seed, progress=False)
@@ -136,19 +153,36 @@ def convert(
             chosen_mlps = _auto_select(prepared, mlps, local, scores, reference, held_out, fidelity_floor)
         else:
             chosen_mlps = [mlps[i] for i in selection]
-        chosen: dict[str, WeightlessBlockParams] = {}
-        refits = [m for i, m in enumerate(chosen_mlps) if sequential and (i > 0 or m.output not in local)]
-        bar.total += len(refits)
-        bar.refresh()
-        for mlp in chosen_mlps:  # graph order
-            if mlp in refits:
-                current, _ = rewrite_mlps(prepared, chosen)
-                pairs = capture(current, fit_feeds, [mlp.input, mlp.output])
-                chosen[mlp.output] = fit_one(mlp, pairs[mlp.input], pairs[mlp.output], bar)
-            else:
-                chosen[mlp.output] = local[mlp.output]
+        chosen: dict[str, WeightlessBlockParams | Replacement] = {}
+        if recipe is not None:  # always sequential
+            bar.total += len(chosen_mlps)
+            bar.refresh()
+            bar.set_postfix_str("sequential reconstruction")
+            chosen = fit_sequential(prepared, chosen_mlps, fit_feeds,
+                                    lambda m: config or default_config(m.d_in, m.d_out), recipe, seed=seed,
+                                    on_done=lambda m: bar.update(1))
+        else:
+            refits = [m for i, m in enumerate(chosen_mlps) if sequential and (i > 0 or m.output not in local)]
+            bar.total += len(refits)
+            bar.refresh()
+            for mlp in chosen_mlps:  # graph order
+                if mlp in refits:
+                    current, _ = rewrite_mlps(prepared, chosen)
+                    pairs = capture(current, fit_feeds, [mlp.input, mlp.output])
+                    chosen[mlp.output] = fit_one(mlp, pairs[mlp.input], pairs[mlp.output], bar)
+                else:
+                    chosen[mlp.output] = local[mlp.output]
 
     converted = _rewrite_all(prepared, chosen)
+    distilled = None
+    if recipe is not None and recipe.distill_steps and chosen:
+        data = distill_data if distill_data is not None else _stack(fit_feeds)
+        tick = time.monotonic()
+        converted, losses = distill(converted, prepared, data, recipe, seed=seed, progress=progress)
+        distilled = {"steps": len(losses), "seconds": round(time.monotonic() - tick, 1),
+                     "load_average": [round(v, 2) for v in os.getloadavg()],
+                     "samples": int(next(iter(data.values())).shape[0]),
+                     "loss_first_last": [losses[0], losses[-1]] if losses else None}
     final = calibrate.fidelity(reference, calibrate.outputs(converted, held_out)) if chosen else 1.0
     reasons = {m.output: ("below the fidelity floor" if selection == "auto" else "not selected")
                for m in mlps if m.output not in chosen}
@@ -161,9 +195,16 @@ def convert(
         "calibration": "synthetic (random inputs from the graph's input types)" if synthetic else "given",
         "calibration_samples": int(next(iter(calib.values())).shape[0]),
         "sequential": sequential,
+        "recipe": recipe.summary() if recipe is not None else None,
+        "distillation": distilled,
         "seconds": round(time.monotonic() - started, 1),
     })
     return converted, report
+
+
+def _stack(runs: list[Run]) -> dict[str, np.ndarray]:
+    """The real samples of calibration runs (slices of the same arrays) back into one array per input."""
+    return {name: np.concatenate([r.feeds[name][:r.rows] for r in runs]) for name in runs[0].feeds}
 
 
 def _rewrite_all(prepared: onnx.ModelProto, chosen: dict[str, WeightlessBlockParams]) -> onnx.ModelProto:
@@ -197,7 +238,8 @@ def build_report(prepared, converted, detection: Detection, chosen: dict, reason
     return {
         "mlps_found": len(detection.mlps),
         "mlps_replaced": len(chosen),
-        **costs.totals(prepared, converted, list(chosen.values())),
+        **costs.totals(prepared, converted, [as_replacement(v).block for v in chosen.values()]),
+        "bypass_macs": sum(r.bypass.macs for r in map(as_replacement, chosen.values()) if r.bypass is not None),
         "mlps": rows,
         "not_matched": [{"node": w, "reason": r} for w, r in detection.rejected],
     }

@@ -1,7 +1,8 @@
 """Counting what a conversion saves: parameters and multiply-accumulates per token, whole model.
 
-MACs count every MatMul/Gemm with a constant 2-D weight (`rows * cols` per token) and, for each block,
-its `D_in + D_out` scale multiplications. Activation x activation products (attention scores) depend on
+MACs count every Linear - MatMul/Gemm/MatMulInteger with a constant 2-D weight, float or quantized
+(behind a `DequantizeLinear`) - as `rows * cols` per token and, for each block, its `D_in + D_out` scale
+multiplications. Activation x activation products (attention scores) depend on
 the sequence length and are left out of both sides.
 """
 
@@ -11,15 +12,28 @@ import numpy as np
 import onnx
 from quweit.custom_ops import WeightlessBlockParams
 
+LINEAR_OPS = ("MatMul", "Gemm", "MatMulInteger")
+
+
+def linear_weight(node: onnx.NodeProto, inits: dict, producers: dict) -> onnx.TensorProto | None:
+    """The weight initializer of a Linear node (also behind a QDQ `DequantizeLinear`), else None."""
+    if node.op_type not in LINEAR_OPS or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+        return None
+    name = node.input[1]
+    source = producers.get(name)
+    if name not in inits and source is not None and source.op_type == "DequantizeLinear":
+        name = source.input[0]
+    return inits.get(name)
+
 
 def weight_macs(model: onnx.ModelProto) -> int:
     inits = {t.name: t for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
     total = 0
     for node in model.graph.node:
-        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
-            dims = inits[node.input[1]].dims
-            if len(dims) == 2:
-                total += int(dims[0]) * int(dims[1])
+        weight = linear_weight(node, inits, producers)
+        if weight is not None and len(weight.dims) == 2:
+            total += int(weight.dims[0]) * int(weight.dims[1])
     return total
 
 

@@ -16,8 +16,12 @@ from onnx_ir.passes.common import NameFixPass, RemoveUnusedOpsetsPass
 from quweit.custom_ops import WeightlessBlockParams, attach_decomposition
 from quweit.onnxio import upgrade_opset
 
+from .bypass import Replacement
+from .errors import BadInputError
+from .costs import linear_weight
 from .mlp import MlpMatch
-from .rules import activation_fusions, inline_activations, mlp_rules
+from .rules import fusions, inline_fusions, looking_through, mlp_rules, present_ops
+from .rules.see_through import TRAINING_DROPOUT_FIX, identity_rules
 
 
 def _to_ir(model: onnx.ModelProto) -> ir.Model:
@@ -30,10 +34,70 @@ def _to_ir(model: onnx.ModelProto) -> ir.Model:
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model the converter works on: opset >= 18, optimized (constants folded), nodes named."""
     model = upgrade_opset(model)
-    ir_model = _to_ir(model)
-    onnxscript.optimizer.optimize(ir_model)
+    try:
+        ir_model = _to_ir(model)
+        onnxscript.optimizer.optimize(ir_model)
+        if identity_rules().apply_to_model(ir_model):  # shapes are known once the optimizer has run
+            onnxscript.optimizer.optimize(ir_model)
+    except Exception as err:
+        raise _invalid_model_or(err, model) from err
     NameFixPass()(ir_model)
-    return ir.serde.serialize_model(ir_model)
+    return keep_initializers_apart(model, ir.serde.serialize_model(ir_model))
+
+
+def keep_initializers_apart(original: onnx.ModelProto, optimized: onnx.ModelProto) -> onnx.ModelProto:
+    """`optimized` with every node reading its own initializer again where `original` kept them apart.
+
+    onnxscript's optimizer merges small initializers of equal contents (DeduplicateInitializersPass). That
+    is harmless for inference but ties weights that are merely equal - the LayerNorm gains and zero biases
+    of a model exported before training - so `quweit-finetune --train-dense` would train them as one.
+    A node (known by its first output) that read initializer X in `original` and now reads another one
+    holding X's exact value reads X again. Initializers that `original` itself shares stay shared.
+    """
+    before = {t.name: t for t in original.graph.initializer}
+    read = {(node.output[0], slot): name for node in original.graph.node if node.output
+            for slot, name in enumerate(node.input) if name in before}
+    after = {t.name for t in optimized.graph.initializer}
+    values = {t.name: t for t in optimized.graph.initializer}
+    restored: set[str] = set()
+    for node in optimized.graph.node:
+        for slot, name in enumerate(node.input):
+            was = read.get((node.output[0], slot)) if node.output else None
+            if was is None or was == name or name not in after or (was in after and was not in restored):
+                continue
+            if was not in restored:
+                if not _same_tensor(before[was], values[name]):
+                    continue
+                optimized.graph.initializer.append(before[was])
+                restored.add(was)
+            node.input[slot] = was
+    return optimized
+
+
+def _same_tensor(a: onnx.TensorProto, b: onnx.TensorProto) -> bool:
+    x, y = onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b)
+    return x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+def _invalid_model_or(err: Exception, model: onnx.ModelProto) -> BadInputError:
+    """Why onnxscript's optimizer could not take the user's model (nothing of quweit's has run yet): the
+    model's fault as onnx's full check (strict type and shape inference, which the loader leaves out
+    for its cost) names it, else the optimizer's own deepest reason - an attribute outside its
+    enumeration, such as a Cast to a data type that does not exist, which neither checker catches."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as invalid:  # noqa: BLE001  (any failure of the full check is the model's)
+        return BadInputError(f"invalid ONNX model: {_first_line(invalid)}")
+    cause = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    return BadInputError(f"onnxscript's optimizer cannot process the model: {type(cause).__name__}: "
+                         f"{_first_line(cause)}")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 @dataclasses.dataclass
@@ -42,6 +106,13 @@ class Detection:
 
     mlps: list[MlpMatch]
     rejected: list[tuple[str, str]]  # (where, reason)
+
+    def no_mlp_message(self) -> str:
+        """What to tell a user whose model has no MLP: the training-mode Dropout in the way, if one is."""
+        for where, reason in self.rejected:
+            if TRAINING_DROPOUT_FIX in reason:
+                return f"no MLP found in the model: at '{where}': {reason}"
+        return "no MLP found in the model (--explain says why candidates did not match)"
 
 
 class _Recorder:
@@ -52,9 +123,11 @@ class _Recorder:
         self.found: dict[str, MlpMatch] = {}
         self.verdicts: dict[str, WeightlessBlockParams | str] = {}
         self.rejected: dict[str, str] = {}
+        self.explained: set[str] = set()  # nodes of rejected candidates: their reason covers them
 
-    def reject(self, where: str, reason: str) -> None:
+    def reject(self, where: str, reason: str, nodes: list[str]) -> None:
         self.rejected.setdefault(where, reason)
+        self.explained.update(nodes)
 
     def __call__(self, mlp: MlpMatch):
         self.found.setdefault(mlp.output, mlp)
@@ -65,9 +138,14 @@ class _Recorder:
 
 def _apply(model: onnx.ModelProto, recorder: _Recorder) -> tuple[ir.Model, int]:
     ir_model = _to_ir(model)
-    activation_fusions().apply_to_model(ir_model)
-    count = mlp_rules(recorder).apply_to_model(ir_model)
-    inline_activations(ir_model)
+    count = 0
+    with looking_through(ir_model) as view:
+        for fusion in fusions(present_ops(ir_model)):
+            fusion.apply_to_model(ir_model)
+        rules = mlp_rules(recorder, present_ops(ir_model), view)
+        if rules is not None:
+            count = rules.apply_to_model(ir_model)
+        inline_fusions(ir_model)
     return ir_model, count
 
 
@@ -79,15 +157,18 @@ def find_mlps(model: onnx.ModelProto) -> Detection:
     mlps = sorted(recorder.found.values(), key=lambda m: min(order.get(n, 1 << 30) for n in m.nodes))
     in_mlp = {n for m in mlps for n in m.nodes}
     rejected = [(w, r) for w, r in recorder.rejected.items() if w not in in_mlp]
-    return Detection(mlps, rejected + _unmatched_linears(model, mlps, {w for w, _ in rejected}))
+    explained = {w for w, _ in rejected} | (recorder.explained - in_mlp)
+    return Detection(mlps, rejected + _unmatched_linears(model, mlps, explained))
 
 
-def rewrite_mlps(model: onnx.ModelProto, params: dict[str, WeightlessBlockParams]) -> tuple[onnx.ModelProto, int]:
+def rewrite_mlps(model: onnx.ModelProto, params: dict[str, WeightlessBlockParams | Replacement]
+                 ) -> tuple[onnx.ModelProto, int]:
     """Replace the MLPs whose output name is a key of `params` by their blocks; returns (model, count).
 
-    Each block reads the MLP's input value and writes its output value (same names), so the rest of the
-    graph, its inputs/outputs and symbolic dimensions are untouched. The result carries the block's
-    ONNX-function decomposition, so stock onnxruntime runs it.
+    Each replacement reads the MLP's input value and writes its output value (same names), so the rest of
+    the graph, its inputs/outputs and symbolic dimensions are untouched; a `Replacement` with a bypass adds
+    its MatMuls' output to the block's. The result carries the block's ONNX-function decomposition, so
+    stock onnxruntime runs it.
     """
     recorder = _Recorder(lambda mlp: params.get(mlp.output, "not selected"))
     ir_model, count = _apply(model, recorder)
@@ -99,14 +180,19 @@ def rewrite_mlps(model: onnx.ModelProto, params: dict[str, WeightlessBlockParams
 
 
 def _name_blocks(ir_model: ir.Model, recorder: _Recorder) -> None:
+    """Name each block `<MLP output>/WeightlessBlock` (its parameters are named `<MLP output>.quweit.*`)."""
     for node in ir_model.graph:
-        if node.domain == "quweit" and node.outputs[0].name in recorder.found:
-            node.name = f"{node.outputs[0].name}/WeightlessBlock"
+        if node.domain != "quweit" or len(node.inputs) < 2 or node.inputs[1] is None:
+            continue
+        owner = node.inputs[1].name.rpartition(".quweit.")[0]
+        if owner in recorder.found:
+            node.name = f"{owner}/WeightlessBlock"
 
 
 def _unmatched_linears(model: onnx.ModelProto, mlps: list[MlpMatch], explained: set[str]) -> list[tuple[str, str]]:
-    """MatMul/Gemm nodes with a constant weight that belong to no MLP, with the node that follows them."""
+    """Linear layers (a constant weight, float or quantized) that belong to no MLP, with the node after them."""
     inits = {t.name: t for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
     in_mlp = {n for m in mlps for n in m.nodes}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -114,12 +200,13 @@ def _unmatched_linears(model: onnx.ModelProto, mlps: list[MlpMatch], explained: 
             consumers.setdefault(name, []).append(node)
     reasons = []
     for node in model.graph.node:
-        if node.op_type not in ("MatMul", "Gemm") or node.name in in_mlp or node.name in explained or len(node.input) < 2:
+        if node.name in in_mlp or node.name in explained:
             continue
-        if node.input[1] not in inits:
+        weight = linear_weight(node, inits, producers)
+        if weight is None:
             continue  # activation x activation products (attention scores) are not Linear layers
-        dims = list(inits[node.input[1]].dims)
         after = [f"{c.op_type} '{c.name}'" for c in consumers.get(node.output[0], [])] or ["graph output"]
-        reason = f"Linear {dims} is not part of Linear -> activation -> Linear (its output goes to {', '.join(after)})"
+        reason = (f"Linear {list(weight.dims)} is not part of Linear -> activation -> Linear "
+                  f"(its output goes to {', '.join(after)})")
         reasons.append((node.name, reason))
     return reasons

@@ -1,6 +1,6 @@
 """Distil one `WeightlessBlock` from captured (input, output) pairs of an MLP.
 
-`fit_block` is the converter's entry point: a closed-form start (`custom_ops.closed_form`), then, when a
+`fit_block` is the converter's entry point: a closed-form start (`closed_form`), then, when a
 step or time budget allows, EFD training of the torch shim on a loss that suits regression targets.
 The better of the two on held-out pairs is returned, so training never makes a fit worse.
 """
@@ -10,13 +10,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from quweit.custom_ops.closed_form import closed_form_params, fit_values
 from quweit.custom_ops.config import BlockConfig
 from quweit.custom_ops.params import WeightlessBlockParams
 from quweit.custom_ops.reference import evaluate
 
-#: Pairs used by the closed form (it holds all thermometer bits in memory).
-CLOSED_FORM_SAMPLES = 20000
+from .closed_form import CLOSED_FORM_SAMPLES, closed_form_params, fit_values
 
 
 def _check_pairs(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,9 @@
 """`quweit-compile MODEL.quweit.onnx -o OUTDIR [--target c|verilog|all] [--verify]`.
 
-Exit codes: 0 success; 1 verification found a mismatch (OUTDIR is written, report.json says which);
-2 bad input (no blocks, unsupported block, missing simulator, existing OUTDIR without --force, ...),
-with nothing written to OUTDIR.
+Exit codes: 0 success; 1 verification found a mismatch (OUTDIR is written, report.json says which) or an
+internal error (a bug: please report it); 2 bad input (no blocks, unsupported block, missing simulator,
+existing OUTDIR without --force, ...), with nothing written to OUTDIR; 130/143 interrupted, nothing
+written. `--debug` prints the traceback of an error.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from quweit.onnxio import EXIT_TERMINATED, BadInputError, Terminated, sigterm_unwinds
-
-from .errors import HwBackendError
+from quweit.command import naming, run_command
 
 DESCRIPTION = (
     "Lower a converted model's quweit::WeightlessBlock nodes with TVM Relax BYOC to a C library and "
@@ -68,7 +67,11 @@ def summary_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(argv if argv is not None else sys.argv[1:])
+    return run_command("quweit-compile", parser(), lambda args: _run(args, argv), argv)
+
+
+def _run(args, argv: list[str]) -> int:
     from .compile import CompileOptions, compile_model
 
     opts = CompileOptions(
@@ -76,17 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         simulator=args.simulator, pipeline=args.pipeline, random_vectors=args.vectors,
         inputs=args.inputs, seed=args.seed, force=args.force, synth=args.synth, report=args.report,
         mlp_hidden=args.mlp_hidden, pnr_max_luts=args.pnr_max_luts, progress=not args.quiet,
-        argv=list(argv if argv is not None else sys.argv[1:]),
+        argv=argv,
     )
-    try:
-        with sigterm_unwinds():  # SIGTERM unwinds like Ctrl-C: the temporary build folder is removed
-            report, blocks = compile_model(opts)
-    except (HwBackendError, BadInputError) as err:
-        print(f"quweit-compile: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt as err:
-        print("quweit-compile: interrupted; nothing written", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(err, Terminated) else 130
+    with naming(args.model):
+        report, blocks = compile_model(opts)
     print(summary_table(report))
     if "hardware" in report:
         print((args.output / "hardware.txt").read_text())

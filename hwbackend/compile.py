@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from quweit.custom_ops import WeightlessBlockError, WeightlessBlockParams, quantize_inputs, read_blocks
-from quweit.onnxio import atomic_output, load_model
+from quweit.onnxio import atomic_output, load_model, signals_deferred
 from tqdm import tqdm
 
 from .design import rtl_blocks
@@ -163,15 +163,20 @@ def import_model(model: onnx.ModelProto, blocks: list[WeightlessBlockParams]):
 
 
 def build_tvm(model: onnx.ModelProto, blocks, workdir: Path) -> dict:
-    """Import, partition, run the codegen (C per block) and export the TVM library."""
+    """Import, partition, run the codegen (C per block) and export the TVM library.
+
+    TVM calls back into Python (the frontend's TE, the codegen) and its FFI turns an exception raised
+    there - KeyboardInterrupt included - into a RuntimeError: Ctrl-C and SIGTERM are therefore held back
+    until TVM returns, and then unwind as usual."""
     import tvm
     from tvm import relax
 
     from .patterns import partition_for_quweit
 
-    mod, scope, reason = import_model(model, blocks)
-    mod = relax.transform.RunCodegen()(partition_for_quweit(mod))
-    tvm.compile(mod, target="llvm").export_library(str(workdir / LIBRARY))
+    with signals_deferred():
+        mod, scope, reason = import_model(model, blocks)
+        mod = relax.transform.RunCodegen()(partition_for_quweit(mod))
+        tvm.compile(mod, target="llvm").export_library(str(workdir / LIBRARY))
     return {"scope": scope, "import_failure": reason}
 
 

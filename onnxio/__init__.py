@@ -37,12 +37,12 @@ from .save import (
     write_npz,
     write_text,
 )
-from .session import make_session, session_options
+from .session import ONNXRUNTIME_ERRORS, make_session, session_options
 from .signals import EXIT_TERMINATED, Terminated, signals_deferred, sigterm_unwinds
 from .synthetic import embedding_rows, synthetic_inputs
 
 __all__ = [
-    "EXIT_BAD_INPUT", "EXIT_TERMINATED", "EXTERNAL_DATA_THRESHOLD", "MASK_INPUT", "MIN_OPSET", "BadInputError",
+    "EXIT_BAD_INPUT", "EXIT_TERMINATED", "ONNXRUNTIME_ERRORS", "EXTERNAL_DATA_THRESHOLD", "MASK_INPUT", "MIN_OPSET", "BadInputError",
     "InputSpec", "Run", "Terminated", "as_run", "atomic_files", "atomic_output", "capture", "check_inputs",
     "collect", "default_opset", "embedding_rows", "first_output", "has_external_data", "input_specs",
     "load_arrays", "load_inputs", "load_ir", "load_model", "make_session", "probe_session", "refuse_to_clobber",

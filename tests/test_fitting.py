@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from quweit.converter.fitting import fit_block, holdout_error
-from quweit.custom_ops import BlockConfig
+from quweit.custom_ops import BlockConfig, evaluate
 
 
 def gelu_mlp_task(seed: int = 0, samples: int = 12000):
@@ -67,9 +67,15 @@ def test_fit_is_deterministic_for_a_seed():
 
 
 def test_single_pair_and_constant_target():
+    """One pair with a constant target: the block reproduces 7 on that input and on any other (the
+    target does not vary), to within one step of the 16-bit output quantization."""
     x = np.ones((1, 3), np.float32)
     params = fit_block(x, np.full((1, 2), 7.0, np.float32), config=BlockConfig(), progress=False)
     assert params.out_features == 2
+    others = np.random.default_rng(0).normal(scale=3.0, size=(50, 3)).astype(np.float32)
+    for inputs in (x, others):
+        got = evaluate(params, inputs)
+        assert np.abs(got - 7.0).max() <= 7.0 / (2**15 - 1), got
 
 
 @pytest.mark.parametrize(

@@ -15,14 +15,16 @@ refines them.
 from __future__ import annotations
 
 import numpy as np
+from quweit.custom_ops.config import BlockConfig
+from quweit.custom_ops.params import WeightlessBlockParams, pack_tables
+from quweit.custom_ops.reference import lut_addresses, quantize, thermometer_bits
 
-from .config import BlockConfig
 from .encoding_fit import fit_input_scale, fit_thresholds
-from .params import WeightlessBlockParams, pack_tables
-from .reference import lut_addresses, quantize, thermometer_bits
 
 DEFAULT_VALUE_BITS = 16
 RIDGE = 1e-3
+#: Pairs used by the closed form (it holds all thermometer bits in memory).
+CLOSED_FORM_SAMPLES = 20000
 
 
 def linear_influence(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -40,7 +42,10 @@ def solve_values(c: np.ndarray, y: np.ndarray, group_size: int) -> tuple[np.ndar
     design = np.concatenate(
         [c.reshape(m, d_out, group_size).astype(np.float64), np.ones((m, d_out, 1))], axis=2
     ).transpose(1, 0, 2)  # [D_out, M, G+1]
-    gram = design.transpose(0, 2, 1) @ design + RIDGE * np.eye(group_size + 1)
+    # ridge on the encoded values only: shrinking the bias (the intercept) would pull every output
+    # towards 0 (a constant target of 7 fitted on one sample came out as 6.993)
+    penalty = RIDGE * np.diag(np.r_[np.ones(group_size), 0.0])
+    gram = design.transpose(0, 2, 1) @ design + penalty
     rhs = design.transpose(0, 2, 1) @ y.T.astype(np.float64)[:, :, None]
     sol = np.linalg.solve(gram, rhs)[:, :, 0]  # [D_out, G+1]
     return sol[:, :group_size].reshape(-1), sol[:, group_size]
