@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .activity import block_activity
-from .baseline import mlp_baseline
+from .baseline import MlpWeights, mlp_baseline
 from .energy import PJ, calibration
 from .errors import HwBackendError
 from .model_cost import dense_macs
@@ -29,7 +29,27 @@ from .timing import DEFAULT_MAX_LUTS, block_timing
 JSON_FILE, TABLE_FILE, PLOT_FILE = "hardware.json", "hardware.txt", "hardware.png"
 
 
-def block_entry(report, opts, verilog_dir: Path, cal: dict, max_luts: int) -> dict:
+def original_weights(model, original: Path | None) -> list[MlpWeights | None]:
+    """Per block (graph order): the weights of the MLP it replaced in the `--original` model, matched by the
+    value the block writes (the MLP's output); None for every block without `--original`."""
+    from quweit.custom_ops import block_nodes
+
+    nodes = block_nodes(model)
+    if original is None:
+        return [None] * len(nodes)
+    from quweit.converter.detect import find_mlps, prepare
+    from quweit.onnxio import load_model
+
+    mlps = {m.output: m for m in find_mlps(prepare(load_model(original))).mlps}
+    missing = [f"'{node.name or k}' (output '{node.output[0]}')" for k, node in enumerate(nodes)
+               if node.output[0] not in mlps]
+    if missing:
+        raise HwBackendError(f"--original {original}: no MLP there writes the output of block {', '.join(missing)} "
+                             "(give the model that was converted)")
+    return [MlpWeights.from_match(mlps[node.output[0]]) for node in nodes]
+
+
+def block_entry(report, opts, verilog_dir: Path, cal: dict, max_luts: int, weights: MlpWeights | None) -> dict:
     cost, rtl = report.cost, report.rtl
     p = rtl.params
     synth = cost.as_json()
@@ -45,7 +65,7 @@ def block_entry(report, opts, verilog_dir: Path, cal: dict, max_luts: int) -> di
     timing = block_timing(rtl, synth["lut"], synth["logic_levels"], max_luts=max_luts)
     x = q.astype(np.float64) / p.input_scale.astype(np.float64)  # the activations the block saw
     hidden = opts.mlp_hidden or 4 * p.in_features
-    dense = mlp_baseline(x, p.in_features, hidden, p.out_features)
+    dense = mlp_baseline(x, p.in_features, hidden, p.out_features, weights)
     core_pj = activity.toggles_per_token * cal["pj_per_toggle"]
     scale_pj = (p.in_features + p.out_features) * dense["pj_per_mac_measured"]
     block_pj = core_pj + scale_pj
@@ -65,7 +85,7 @@ def block_entry(report, opts, verilog_dir: Path, cal: dict, max_luts: int) -> di
     }
 
 
-def hardware_report(model, reports, workdir: Path, opts) -> dict:
+def hardware_report(model, reports, workdir: Path, opts, weights: list[MlpWeights | None]) -> dict:
     started = time.time()
     cal = calibration()
     max_luts = opts.pnr_max_luts or DEFAULT_MAX_LUTS
@@ -73,9 +93,9 @@ def hardware_report(model, reports, workdir: Path, opts) -> dict:
     blocks = []
     from tqdm.auto import tqdm
 
-    for report in tqdm(reports, desc="gate-level simulation, toggles, timing, baseline", unit="block",
-                       disable=not opts.progress):
-        blocks.append(block_entry(report, opts, verilog_dir, cal, max_luts))
+    for report, mlp in zip(tqdm(reports, desc="gate-level simulation, toggles, timing, baseline", unit="block",
+                                disable=not opts.progress), weights):
+        blocks.append(block_entry(report, opts, verilog_dir, cal, max_luts, mlp))
     from .compile import model_inputs
 
     feeds = model_inputs(model, opts)
