@@ -40,7 +40,7 @@ TOKENS = 64
 SEED = 1234
 
 
-def _int8(x: np.ndarray) -> np.ndarray:
+def int8(x: np.ndarray) -> np.ndarray:
     scale = 127.0 / max(float(np.abs(x).max()), 1e-12)
     return np.clip(np.rint(x * scale), -127, 127).astype(np.int64)
 
@@ -101,7 +101,7 @@ def mac_streams(x: np.ndarray, weights: MlpWeights, rng) -> list[tuple[np.ndarra
         layers.insert(1, (x, weights.w_gate))
     streams = []
     for inputs, w in layers:
-        a, w = _int8(inputs), _int8(w)
+        a, w = int8(inputs), int8(w)
         for j in rng.choice(w.shape[1], size=min(SAMPLED_OUTPUTS, w.shape[1]), replace=False):
             for t in range(len(a)):
                 streams.append((a[t], w[:, j]))
@@ -135,13 +135,16 @@ def measured_mac(x: np.ndarray, weights: MlpWeights) -> dict:
             "accumulator_toggles_per_mac": flops, "gates": sum(netlist.gate_types.values())}
 
 
-def mlp_baseline(x: np.ndarray, d_in: int, hidden: int, d_out: int, weights: MlpWeights | None = None) -> dict:
-    """Energy per token of the dense int8 MLP D_in -> hidden -> D_out: measured and analytic, with the
-    original MLP's `weights` where given (their shape wins), random ones otherwise."""
+def baseline_weights(d_in: int, hidden: int, d_out: int, weights: MlpWeights | None) -> tuple[MlpWeights, str]:
+    """(weights, where they come from): the original MLP's where given, else random ones of the given shape."""
+    if weights is not None:
+        return weights, "original model"
+    return random_weights(d_in, hidden, d_out, np.random.default_rng(SEED + 1)), f"random N(0, 1/fan_in), seed {SEED + 1}"
+
+
+def mlp_baseline(x: np.ndarray, weights: MlpWeights, source: str) -> dict:
+    """Energy per token of the dense int8 MLP of `weights` on activations `x`: measured and analytic."""
     cal = calibration()
-    source = "original model" if weights is not None else f"random N(0, 1/fan_in), seed {SEED + 1}"
-    if weights is None:
-        weights = random_weights(d_in, hidden, d_out, np.random.default_rng(SEED + 1))
     d_in, hidden, d_out = weights.w_up.shape[0], weights.w_up.shape[1], weights.w_down.shape[1]
     mac = measured_mac(x, weights)
     macs = d_in * hidden * (1 if weights.w_gate is None else 2) + hidden * d_out

@@ -168,6 +168,9 @@ def test_report_on_a_small_block(tmp_path, monkeypatch, capsys):
     assert set(b["xc7"]["stages"]) == {"thermometer", "layer0", "sum"}
     assert hw["lut6_per_model_lut"] == b["xc7"]["lut"] / 6 == pytest.approx(sum(hw["lut6_per_model_lut_split"].values()))
     assert b["baseline"]["macs_per_token"] == 6 * 24 + 24 * 3 and b["baseline"]["mac_unit"]["exact"]
+    par = b["baseline_parallel"]
+    assert par["synthesized"] and par["exact"] and par["lut"] > 0 and par["toggles_per_token"] > 0
+    assert b["block_energy_ratio_parallel"] == pytest.approx(par["pj_per_token"] / b["energy_pj_per_token"]["total"])
     assert b["activity"]["toggles_per_token"] > 0 and b["block_energy_ratio"] > 1
     assert hw["block_energy_ratio"] == pytest.approx(b["block_energy_ratio"])
     assert hw["energy_model"]["pj_per_toggle"] > 0 and "Horowitz" in hw["energy_model"]["source"]
@@ -213,3 +216,24 @@ def test_baseline_activations_match_torch():
     assert set(ACTIVATIONS) == set(want)
     for name, f in ACTIVATIONS.items():
         np.testing.assert_allclose(f(x), want[name].numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_parallel_baseline_is_checked_and_bounded(tmp_path, monkeypatch):
+    """The fully parallel layers compute exact dot products (a wrong weight in the logic is caught); an MLP
+    above the multiplier limit is not synthesized and says why."""
+    from quweit.hwbackend import parallel
+    from quweit.hwbackend.baseline import MlpWeights
+
+    monkeypatch.setenv("QUWEIT_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(3)
+    w = MlpWeights(rng.standard_normal((4, 6)), None, rng.standard_normal((6, 2)), "relu")
+    x = rng.standard_normal((40, 4))
+    good = parallel.parallel_baseline(x, w)
+    assert good["synthesized"] and good["exact"] and good["macs_per_token"] == 4 * 6 + 6 * 2
+    layer = parallel.layer_verilog
+    monkeypatch.setattr(parallel, "layer_verilog", lambda m, w8: layer(m, w8 + (np.arange(w8.size).reshape(w8.shape) == 0)))
+    assert not parallel.parallel_baseline(x, w)["exact"]
+    big = MlpWeights(np.zeros((64, 64)), None, np.zeros((64, 2)), "relu")
+    assert parallel.parallel_baseline(x[:, :1].repeat(64, 1), big) == {
+        "synthesized": False, "macs_per_token": 64 * 66, "reason": "4224 MACs per token: more than 4096 multipliers "
+        "are not synthesized"}
