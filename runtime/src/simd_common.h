@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "block_plan.h"
 
@@ -32,6 +33,14 @@ typedef int16_t UnalignedShorts __attribute__((vector_size(2 * kLanes), may_alia
 constexpr int kByteTokens = QUWEIT_BYTE_TOKENS;
 typedef uint8_t Bytes __attribute__((vector_size(kByteTokens), may_alias));
 typedef int16_t Words __attribute__((vector_size(2 * kByteTokens), may_alias));
+
+// `value` in every byte. `bytes & (1 << l)` would need GCC to prove that the scalar fits a byte, which it
+// cannot for a loop variable without -O3's unrolling (the sanitized -O1 build refuses to compile it).
+QUWEIT_INLINE Bytes splat(uint8_t value) {
+  Bytes v;
+  std::memset(&v, value, sizeof(v));
+  return v;
+}
 #endif
 
 template <typename T>
