@@ -6,7 +6,8 @@ Steps (each timed, with the load average):
    the default blocks and with the hardware-designed options (`--hw-options`, default: 6-bit inputs,
    popcount sums, 8-bit values); held-out sentence-embedding cosine to the original for both;
 2. `quweit-compile --report` of the hardware-designed model on real glosses (`--inputs`): synthesis per
-   stage, gate-level simulation, toggles, timing, energy per token against dense int8 MLPs.
+   stage, gate-level simulation, toggles, timing, energy per token against the original model's own MLPs as
+   dense int8 MAC arrays (`--original`).
 
     python examples/hardware_minilm.py [--calib 384] [--heldout 256] [--gloss-inputs 8] [--out DIR]
 
@@ -76,7 +77,8 @@ def main() -> None:
     from quweit.hwbackend.cli import main as compile_main
 
     command = [str(out / "minilm.hardware.quweit.onnx"), "-o", str(out / "hw"), "--report", "--target", "verilog",
-               "--inputs", str(out / "glosses.npz"), "--vectors", str(args.vectors), "--force"]
+               "--inputs", str(out / "glosses.npz"), "--original", str(original_path), "--vectors", str(args.vectors),
+               "--force"]
     load_before = os.getloadavg()
     t0 = time.monotonic()
     code = compile_main(command)
@@ -91,7 +93,7 @@ def main() -> None:
                             check=False).stdout.strip()
     results = {
         "command": "python examples/hardware_minilm.py " + " ".join(sys.argv[1:]),
-        "report_command": "quweit-compile " + " ".join(command[:1] + ["-o", "OUT"] + command[3:]),
+        "report_command": "quweit-compile " + " ".join(command[:1] + ["-o", "OUT"] + command[3:]).replace(str(out), "OUT"),
         "commit": commit, "seed": 0, "timings": timings, "total_s": round(time.monotonic() - started, 1),
         "load_average_before_report": load_before, "load_average_after": os.getloadavg(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -11,12 +11,14 @@ the measured energy per MAC; the analytic model is Horowitz's int8 multiply + in
 read once per token from SRAM (64-bit words of eight int8 weights, 10 pJ each, the 8 KB figure: larger
 memories cost more, so this favours the baseline). Activations stay in registers (not counted), and the
 GELU and requantization steps are not counted either (H per token, against D_in * H MACs).
-The weights are not in the converted model: they are drawn N(0, 1/fan_in) with a fixed seed, quantized
-like the activations.
+The weights are not in the converted model: with the original model (`--original`), the baseline uses the
+replaced MLP's own weights, biases and activation (`MlpWeights`); without it they are drawn N(0, 1/fan_in)
+with a fixed seed and the activation is GELU. Either way they are quantized like the activations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -38,7 +40,7 @@ TOKENS = 64
 SEED = 1234
 
 
-def _int8(x: np.ndarray) -> np.ndarray:
+def int8(x: np.ndarray) -> np.ndarray:
     scale = 127.0 / max(float(np.abs(x).max()), 1e-12)
     return np.clip(np.rint(x * scale), -127, 127).astype(np.int64)
 
@@ -47,15 +49,59 @@ def _gelu(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
 
 
-def mac_streams(x: np.ndarray, hidden: int, d_out: int, rng) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(activations, weights) int8 streams of sampled dot products of both layers, in MAC order."""
-    d_in = x.shape[1]
-    w1 = rng.standard_normal((d_in, hidden)) / math.sqrt(d_in)
-    w2 = rng.standard_normal((hidden, d_out)) / math.sqrt(hidden)
-    h = _gelu(x @ w1)
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+#: The converter's activation names (converter/rules/activations.py) as numpy functions.
+ACTIVATIONS = {
+    "gelu": _gelu,
+    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))),
+    "relu": lambda x: np.maximum(x, 0.0),
+    "silu": lambda x: x * _sigmoid(x),
+    "quick_gelu": lambda x: x * _sigmoid(1.702 * x),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MlpWeights:
+    """The weights of the MLP a block replaced (`[D_in, H]`, `[H, D_out]`, gate `[D_in, H]` or None), from
+    the original model (converter.mlp.MlpMatch)."""
+
+    w_up: np.ndarray
+    b_up: np.ndarray | None
+    w_down: np.ndarray
+    activation: str
+    w_gate: np.ndarray | None = None
+    b_gate: np.ndarray | None = None
+
+    @classmethod
+    def from_match(cls, mlp) -> MlpWeights:
+        return cls(mlp.w_up, mlp.b_up, mlp.w_down, mlp.activation, mlp.w_gate, mlp.b_gate)
+
+    def hidden(self, x: np.ndarray) -> np.ndarray:
+        act = ACTIVATIONS[self.activation]
+        up = x @ self.w_up + (0.0 if self.b_up is None else self.b_up)
+        if self.w_gate is None:
+            return act(up)
+        return act(x @ self.w_gate + (0.0 if self.b_gate is None else self.b_gate)) * up
+
+
+def random_weights(d_in: int, hidden: int, d_out: int, rng) -> MlpWeights:
+    """N(0, 1/fan_in) weights, GELU: the baseline when the original model is not given."""
+    return MlpWeights(rng.standard_normal((d_in, hidden)) / math.sqrt(d_in), None,
+                      rng.standard_normal((hidden, d_out)) / math.sqrt(hidden), "gelu")
+
+
+def mac_streams(x: np.ndarray, weights: MlpWeights, rng) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(activations, weights) int8 streams of sampled dot products of every layer, in MAC order."""
+    h = weights.hidden(x)
+    layers = [(x, weights.w_up), (h, weights.w_down)]
+    if weights.w_gate is not None:
+        layers.insert(1, (x, weights.w_gate))
     streams = []
-    for inputs, weights in ((x, w1), (h, w2)):
-        a, w = _int8(inputs), _int8(weights)
+    for inputs, w in layers:
+        a, w = int8(inputs), int8(w)
         for j in rng.choice(w.shape[1], size=min(SAMPLED_OUTPUTS, w.shape[1]), replace=False):
             for t in range(len(a)):
                 streams.append((a[t], w[:, j]))
@@ -67,12 +113,12 @@ def _mac_netlist():
     return load_netlist(synthesize_module(MAC_MODULE, _MAC).netlist / "netlist.json")
 
 
-def measured_mac(x: np.ndarray, hidden: int, d_out: int) -> dict:
+def measured_mac(x: np.ndarray, weights: MlpWeights) -> dict:
     """Toggles per MAC of the synthesized MAC unit on real operand streams from activations `x`."""
     rng = np.random.default_rng(SEED)
     x = np.asarray(x, dtype=np.float64)[:TOKENS]
     a_all, w_all, acc_all = [], [], []
-    for a, w in mac_streams(x, hidden, d_out, rng):
+    for a, w in mac_streams(x, weights, rng):
         products = a * w
         acc = np.concatenate([[0], np.cumsum(products)[:-1]])  # the accumulator before each MAC
         a_all.append(a)
@@ -89,16 +135,25 @@ def measured_mac(x: np.ndarray, hidden: int, d_out: int) -> dict:
             "accumulator_toggles_per_mac": flops, "gates": sum(netlist.gate_types.values())}
 
 
-def mlp_baseline(x: np.ndarray, d_in: int, hidden: int, d_out: int) -> dict:
-    """Energy per token of the dense int8 MLP D_in -> hidden -> D_out: measured and analytic."""
+def baseline_weights(d_in: int, hidden: int, d_out: int, weights: MlpWeights | None) -> tuple[MlpWeights, str]:
+    """(weights, where they come from): the original MLP's where given, else random ones of the given shape."""
+    if weights is not None:
+        return weights, "original model"
+    return random_weights(d_in, hidden, d_out, np.random.default_rng(SEED + 1)), f"random N(0, 1/fan_in), seed {SEED + 1}"
+
+
+def mlp_baseline(x: np.ndarray, weights: MlpWeights, source: str) -> dict:
+    """Energy per token of the dense int8 MLP of `weights` on activations `x`: measured and analytic."""
     cal = calibration()
-    mac = measured_mac(x, hidden, d_out)
-    macs = d_in * hidden + hidden * d_out
+    d_in, hidden, d_out = weights.w_up.shape[0], weights.w_up.shape[1], weights.w_down.shape[1]
+    mac = measured_mac(x, weights)
+    macs = d_in * hidden * (1 if weights.w_gate is None else 2) + hidden * d_out
     per_mac_measured = (mac["gate_toggles_per_mac"] + mac["accumulator_toggles_per_mac"]) * cal["pj_per_toggle"]
     per_mac_analytic = PJ["int8_mul"] + PJ["int32_add"]
     weight_reads = macs / 8 * PJ["sram_8kb_read_64b"]
     return {
-        "shape": [d_in, hidden, d_out], "macs_per_token": macs, "mac_unit": mac,
+        "shape": [d_in, hidden, d_out], "weights": source, "activation": weights.activation,
+        "macs_per_token": macs, "mac_unit": mac,
         "pj_per_mac_measured": per_mac_measured, "pj_per_mac_analytic": per_mac_analytic,
         "weight_read_pj_per_token": weight_reads,
         "pj_per_token": macs * per_mac_measured + weight_reads,

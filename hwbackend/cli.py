@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
                    "hardware.png in OUTDIR")
     p.add_argument("--mlp-hidden", type=int, help="hidden width of the MLP each block replaced, for the dense "
                    "baseline (default: 4 x in_features)")
+    p.add_argument("--original", type=Path, help="the model before conversion: the dense baseline of --report uses "
+                   "each replaced MLP's own weights and activation (default: random N(0, 1/fan_in) weights, GELU)")
     p.add_argument("--pnr-max-luts", type=int, help="place and route (nextpnr-ecp5, for Fmax) only blocks of at most "
                    "this many xc7 LUTs (default 4000); larger ones report logic levels")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -78,7 +80,7 @@ def _run(args, argv: list[str]) -> int:
         model=args.model, outdir=args.output, target=args.target, verify=args.verify,
         simulator=args.simulator, pipeline=args.pipeline, random_vectors=args.vectors,
         inputs=args.inputs, seed=args.seed, force=args.force, synth=args.synth, report=args.report,
-        mlp_hidden=args.mlp_hidden, pnr_max_luts=args.pnr_max_luts, progress=not args.quiet,
+        mlp_hidden=args.mlp_hidden, original=args.original, pnr_max_luts=args.pnr_max_luts, progress=not args.quiet,
         argv=argv,
     )
     with naming(args.model):

@@ -55,6 +55,7 @@ class CompileOptions:
     synth: bool = False
     report: bool = False
     mlp_hidden: int | None = None
+    original: Path | None = None
     pnr_max_luts: int | None = None
     progress: bool = True
     argv: list[str] = dataclasses.field(default_factory=list)
@@ -110,6 +111,8 @@ def check_options(opts: CompileOptions, blocks: list[WeightlessBlockParams]) -> 
         raise HwBackendError(f"--target must be one of {', '.join(TARGETS)}, got '{opts.target}'")
     if opts.random_vectors < 0:
         raise HwBackendError(f"--vectors must be >= 0, got {opts.random_vectors}")
+    if opts.original is not None and not opts.report:
+        raise HwBackendError("--original is used by the dense baseline of --report; pass --report")
     if opts.mlp_hidden is not None and opts.mlp_hidden < 1:
         raise HwBackendError(f"--mlp-hidden must be >= 1, got {opts.mlp_hidden}")
     if opts.outdir.exists() and (not opts.outdir.is_dir() or any(opts.outdir.iterdir())) and not opts.force:
@@ -224,6 +227,10 @@ def compile_model(opts: CompileOptions, *, log=print) -> tuple[dict, list[BlockR
     started = time.time()
     model, blocks = load_blocks(opts.model)
     check_options(opts, blocks)
+    if opts.report:  # read before any work: a wrong --original is bad input
+        from .hwreport import original_weights
+
+        weights = original_weights(model, opts.original)
     rng = np.random.default_rng(opts.seed)
     empty = opts.outdir.is_dir() and not any(opts.outdir.iterdir())
     with atomic_output(opts.outdir, force=opts.force or empty) as workdir:
@@ -251,7 +258,7 @@ def compile_model(opts: CompileOptions, *, log=print) -> tuple[dict, list[BlockR
             if opts.report:
                 from .hwreport import hardware_report
 
-                hardware = hardware_report(model, reports, workdir, opts)
+                hardware = hardware_report(model, reports, workdir, opts, weights)
         report = make_report(opts, reports, time.time() - started)
         report["library_scope"] = library["scope"]
         report["tvm_import_failure"] = library["import_failure"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .rtl import RtlBlock, render_lut
+from .rtl import Module, RtlBlock
 from .synth import GATES, ModuleSynthesis, synthesize_all, yosys_version
 
 #: Stages in report order; "layers" groups every LUT layer.
@@ -73,19 +73,17 @@ class BlockSynthesis:
         }
 
 
-def synthesis_jobs(rtl: RtlBlock) -> list[tuple[str, str, str]]:
-    """(module, stage, Verilog text) of every module to synthesize (the wiring-only block module is not)."""
-    lut = render_lut()
-    return [(m.name, m.stage, m.text + (lut if m.stage.startswith("layer") else ""))
-            for m in rtl.modules() if m.stage != "block"]
+def synthesis_jobs(rtl: RtlBlock) -> list[Module]:
+    """Every module to synthesize (the wiring-only block module is not)."""
+    return [m for m in rtl.modules() if m.stage != "block"]
 
 
 def synthesize_blocks(rtls: list[RtlBlock], *, progress: bool = True) -> list[BlockSynthesis]:
     """Every module of every block in one parallel pool (cached results return at once)."""
-    jobs = [(rtl, job) for rtl in rtls for job in synthesis_jobs(rtl)]
-    results = synthesize_all([(module, text) for _, (module, _, text) in jobs], progress=progress,
+    jobs = [(rtl, module) for rtl in rtls for module in synthesis_jobs(rtl)]
+    results = synthesize_all([module for _, module in jobs], progress=progress,
                              desc=f"synthesizing {len(rtls)} block(s) (yosys)")
     out = {id(rtl): BlockSynthesis(rtl, []) for rtl in rtls}
-    for (rtl, (module, stage, _)), result in zip(jobs, results):
-        out[id(rtl)].modules.append((module, stage, result))
+    for (rtl, module), result in zip(jobs, results):
+        out[id(rtl)].modules.append((module.name, module.stage, result))
     return [out[id(rtl)] for rtl in rtls]

@@ -62,6 +62,36 @@ def _constant_of_shape_class():
     return ScalarValueConstantOfShape
 
 
+def _range_class():
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx.onnx_frontend import Range, get_constant
+
+    class SymbolicRange(Range):
+        """TVM's converter, except for an integer Range whose bounds are constants or shape symbols (the
+        dynamo exporter's `arange(sequence)` for position ids and attention masks): that one is
+        `relax.op.arange` on the symbols, so its length stays `sequence`. TVM's own converter gives the
+        length a fresh symbol (`range_len_0`); every later broadcast against `sequence` then loses its
+        shape, and the first Reshape with a -1 fails."""
+
+        @classmethod
+        def _impl_v12(cls, bb, inputs, attr, params):
+            bounds = [get_constant(x, params) for x in inputs[:3]]
+            scalars = []
+            for x in bounds:
+                if isinstance(x, tvm.ir.GenericConst) and x.value.numpy().size == 1:
+                    x = x.value.numpy().reshape(()).item()
+                if not (isinstance(x, int) or (tvm.ir.is_prim_expr(x) and "int" in str(x.ty))):
+                    return super()._impl_v12(bb, inputs, attr, params)
+                scalars.append(x)
+            dtype = str(inputs[0].ty.dtype) if isinstance(inputs[0], relax.Expr) else "int64"
+            if "int" not in dtype:
+                return super()._impl_v12(bb, inputs, attr, params)
+            return relax.op.arange(*scalars, dtype=dtype)
+
+    return SymbolicRange
+
+
 def _frontend():
     from tvm.relax.frontend.onnx import onnx_frontend
 
@@ -74,12 +104,13 @@ def register_onnx_converter() -> None:
     if getattr(frontend._get_convert_map, "_quweit", False):
         return
     original = frontend._get_convert_map
-    converter, constant_of_shape = _converter_class(), _constant_of_shape_class()
+    converter, constant_of_shape, symbolic_range = _converter_class(), _constant_of_shape_class(), _range_class()
 
     def convert_map_with_quweit():
         table = original()
         table[OP_TYPE] = converter
         table["ConstantOfShape"] = constant_of_shape
+        table["Range"] = symbolic_range
         return table
 
     convert_map_with_quweit._quweit = True

@@ -19,17 +19,38 @@ from pathlib import Path
 import numpy as np
 
 from .activity import block_activity
-from .baseline import mlp_baseline
+from .baseline import MlpWeights, baseline_weights, mlp_baseline
 from .energy import PJ, calibration
 from .errors import HwBackendError
 from .model_cost import dense_macs
+from .parallel import parallel_baseline
 from .rtl_files import simulate_gate_level
 from .timing import DEFAULT_MAX_LUTS, block_timing
 
 JSON_FILE, TABLE_FILE, PLOT_FILE = "hardware.json", "hardware.txt", "hardware.png"
 
 
-def block_entry(report, opts, verilog_dir: Path, cal: dict, max_luts: int) -> dict:
+def original_weights(model, original: Path | None) -> list[MlpWeights | None]:
+    """Per block (graph order): the weights of the MLP it replaced in the `--original` model, matched by the
+    value the block writes (the MLP's output); None for every block without `--original`."""
+    from quweit.custom_ops import block_nodes
+
+    nodes = block_nodes(model)
+    if original is None:
+        return [None] * len(nodes)
+    from quweit.converter.detect import find_mlps, prepare
+    from quweit.onnxio import load_model
+
+    mlps = {m.output: m for m in find_mlps(prepare(load_model(original))).mlps}
+    missing = [f"'{node.name or k}' (output '{node.output[0]}')" for k, node in enumerate(nodes)
+               if node.output[0] not in mlps]
+    if missing:
+        raise HwBackendError(f"--original {original}: no MLP there writes the output of block {', '.join(missing)} "
+                             "(give the model that was converted)")
+    return [MlpWeights.from_match(mlps[node.output[0]]) for node in nodes]
+
+
+def block_entry(report, opts, verilog_dir: Path, cal: dict, max_luts: int, weights: MlpWeights | None) -> dict:
     cost, rtl = report.cost, report.rtl
     p = rtl.params
     synth = cost.as_json()
@@ -45,7 +66,9 @@ def block_entry(report, opts, verilog_dir: Path, cal: dict, max_luts: int) -> di
     timing = block_timing(rtl, synth["lut"], synth["logic_levels"], max_luts=max_luts)
     x = q.astype(np.float64) / p.input_scale.astype(np.float64)  # the activations the block saw
     hidden = opts.mlp_hidden or 4 * p.in_features
-    dense = mlp_baseline(x, p.in_features, hidden, p.out_features)
+    weights, source = baseline_weights(p.in_features, hidden, p.out_features, weights)
+    dense = mlp_baseline(x, weights, source)
+    parallel = parallel_baseline(x, weights)
     core_pj = activity.toggles_per_token * cal["pj_per_toggle"]
     scale_pj = (p.in_features + p.out_features) * dense["pj_per_mac_measured"]
     block_pj = core_pj + scale_pj
@@ -60,12 +83,15 @@ def block_entry(report, opts, verilog_dir: Path, cal: dict, max_luts: int) -> di
                      "gate_toggles": activity.gate_toggles},
         "energy_pj_per_token": {"core": core_pj, "scales": scale_pj, "total": block_pj},
         "baseline": dense,
+        "baseline_parallel": parallel,
         "block_energy_ratio": dense["pj_per_token"] / block_pj,
+        "block_energy_ratio_parallel": parallel["pj_per_token"] / block_pj if parallel["synthesized"] else None,
+        "lut_ratio_parallel": parallel["lut"] / synth["lut"] if parallel["synthesized"] else None,
         "block_energy_ratio_analytic": dense["pj_per_token_analytic"] / block_pj,
     }
 
 
-def hardware_report(model, reports, workdir: Path, opts) -> dict:
+def hardware_report(model, reports, workdir: Path, opts, weights: list[MlpWeights | None]) -> dict:
     started = time.time()
     cal = calibration()
     max_luts = opts.pnr_max_luts or DEFAULT_MAX_LUTS
@@ -73,9 +99,9 @@ def hardware_report(model, reports, workdir: Path, opts) -> dict:
     blocks = []
     from tqdm.auto import tqdm
 
-    for report in tqdm(reports, desc="gate-level simulation, toggles, timing, baseline", unit="block",
-                       disable=not opts.progress):
-        blocks.append(block_entry(report, opts, verilog_dir, cal, max_luts))
+    for report, mlp in zip(tqdm(reports, desc="gate-level simulation, toggles, timing, baseline", unit="block",
+                                disable=not opts.progress), weights):
+        blocks.append(block_entry(report, opts, verilog_dir, cal, max_luts, mlp))
     from .compile import model_inputs
 
     feeds = model_inputs(model, opts)
@@ -143,6 +169,13 @@ def table(out: dict) -> str:
     lines.append(f"whole model per token: {t['model_pj_per_token'] / 1e3:.1f} nJ vs {t['baseline_model_pj_per_token'] / 1e3:.1f} nJ "
                  f"with dense int8 MLPs: model_energy_ratio {out['model_energy_ratio']:.2f}x "
                  f"(dense rest {t['dense_rest_pj_per_token'] / 1e3:.1f} nJ on both sides)")
+    for b in out["blocks"]:
+        par = b["baseline_parallel"]
+        if par["synthesized"]:
+            lines.append(f"{b['node']}: fully parallel int8 MLP (weights in logic, {par['macs_per_token']} multipliers): "
+                         f"{par['lut']} xc7 LUT + {par['carry4']} CARRY4 + {par['dsp']} DSP, "
+                         f"{par['pj_per_token']:.1f} pJ/token: block {b['block_energy_ratio_parallel']:.1f}x less energy, "
+                         f"{b['lut_ratio_parallel']:.1f}x fewer LUTs")
     cal = out["energy_model"]
     lines.append(f"energy: {cal['pj_per_toggle'] * 1e3:.2f} fJ per gate toggle, calibrated to {cal['source']}; "
                  "SRAM read 10 pJ per 64 bits (8 KB)")

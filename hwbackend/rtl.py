@@ -65,7 +65,7 @@ class Net:
     a literal) and `shift`; [low, high] is the range of values it can take, which sets its width."""
 
     name: str
-    kind: str  # bit: {1'b0, a} | select: a ? value : 0 | add: a + b | shift: a <<< shift | neg: -a
+    kind: str  # bit: {1'b0, a} | nbit: {1'b0, ~a} | select: a ? value : 0 | add: a + b | shift: a <<< shift
     #            const: value | offset: a + value
     low: int
     high: int
@@ -86,11 +86,15 @@ class Net:
 
 @dataclasses.dataclass(frozen=True)
 class Module:
-    """One generated Verilog module: its stage ("thermometer", "layer<k>", "sum", "block") and text."""
+    """One generated Verilog module: its stage ("thermometer", "layer<k>", "sum", "block") and text.
+    `xc7` and `gates` are what synthesis reads instead of `text` for the FPGA and the generic-gate flows
+    (LUT-layer chunks only, see `minimal_lut`); None means `text`."""
 
     name: str
     stage: str
     text: str
+    xc7: str | None = None
+    gates: str | None = None
 
 
 class _SumBuilder:
@@ -116,31 +120,72 @@ class _SumBuilder:
         return level[0]
 
     def scaled(self, count: Net, value: int) -> Net:
-        """`value * count` from shifted copies of `count` (binary digits of |value|) and a negation."""
+        """`value * count` (value > 0) from shifted copies of `count`, one per binary digit of value."""
         parts = []
-        for s in range(abs(value).bit_length()):
-            if abs(value) >> s & 1:
+        for s in range(value.bit_length()):
+            if value >> s & 1:
                 parts.append(count if s == 0 else self.net("shift", count.low << s, count.high << s,
                                                            a=count.name, shift=s))
-        total = self.tree(parts)
-        return total if value > 0 else self.net("neg", -total.high, -total.low, a=total.name)
+        return self.tree(parts)
 
     def output(self, bits: list[str], values: list[int], bias: int) -> Net:
-        """bias + sum of values[g] where bits[g] is 1; one popcount per distinct value."""
+        """bias + sum of values[g] where bits[g] is 1; one popcount per distinct value. A negative value V
+        counts the inverted bits instead, V * popcount(b) = |V| * popcount(~b) + V * len(b), so no adder
+        subtracts (the constant joins the bias; the inversions fold into the popcount's LUTs)."""
         terms = []
         for value in sorted(set(values), key=lambda v: (abs(v), v)):
             members = [bit for bit, v in zip(bits, values) if v == value]
             if len(members) == 1:
                 terms.append(self.net("select", min(0, value), max(0, value), a=members[0], value=value))
-            else:
-                count = self.tree([self.net("bit", 0, 1, a=bit) for bit in members])
-                terms.append(self.scaled(count, value))
+                continue
+            kind = "bit" if value > 0 else "nbit"
+            count = self.tree([self.net(kind, 0, 1, a=bit) for bit in members])
+            terms.append(self.scaled(count, abs(value)))
+            if value < 0:
+                bias += value * len(members)
         if not terms:
             return self.net("const", bias, bias, value=bias)
         total = self.tree(terms)
         if bias == 0:
             return total
         return self.net("offset", total.low + bias, total.high + bias, a=total.name, value=bias)
+
+
+def minimal_lut(bits: list[int], wires: list[str]) -> tuple[list[int], list[str]]:
+    """A table (`bits[a]`, address bit l from `wires[l]`) reduced to the inputs it depends on: constant-0
+    inputs (`1'b0`, a `q > qmax` comparator) fix their address bit, a wire read twice keeps one slot, and an
+    input the table ignores is dropped. Returns (table, wires), LSB first; no wires means a constant."""
+    table = np.asarray(bits, dtype=np.uint8).reshape((2,) * len(wires))  # axis l <-> address bit n-1-l
+    axes = list(reversed(wires))
+    k = 0
+    while k < len(axes):
+        wire = axes[k]
+        if wire == ZERO:
+            table, _ = np.take(table, 0, axis=k), axes.pop(k)
+        elif wire in axes[:k]:
+            first = axes.index(wire)
+            table = np.diagonal(table, axis1=first, axis2=k)  # the diagonal axis goes last
+            table, axes = np.moveaxis(table, -1, first), axes[:k] + axes[k + 1:]
+        elif np.array_equal(np.take(table, 0, axis=k), np.take(table, 1, axis=k)):
+            table, _ = np.take(table, 0, axis=k), axes.pop(k)
+        else:
+            k += 1
+    return [int(b) for b in table.reshape(-1)], list(reversed(axes))
+
+
+def mux_expression(bits: list[int], wires: list[str]) -> str:
+    """A table as a Verilog expression: Shannon expansion on the top address bit, constants folded (what
+    the generic-gate flow reads: a parameterised LUT module per table costs Yosys a module derivation and a
+    64-bit shifter each)."""
+    if all(b == bits[0] for b in bits):
+        return f"1'b{bits[0]}"
+    half, top = len(bits) // 2, wires[-1]
+    low, high = mux_expression(bits[:half], wires[:-1]), mux_expression(bits[half:], wires[:-1])
+    if (low, high) == ("1'b0", "1'b1"):
+        return top
+    if (low, high) == ("1'b1", "1'b0"):
+        return f"~{top}"
+    return f"({top} ? {high} : {low})"
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -258,15 +303,20 @@ def _modules(block: RtlBlock) -> list[Module]:
             entries, inputs = [], []
             for j in chunk:
                 row = rows.start + j
-                address = [source[int(p.mapping[row, l])] for l in reversed(range(p.lut_inputs))]
-                inputs += [a for a in address if a != ZERO]
-                entries.append({"out": f"l{k}_{j}", "init": init_literal([int(b) for b in table_bits[row]]),
-                                "address": address})
+                bits = [int(b) for b in table_bits[row]]
+                slots = [source[int(p.mapping[row, l])] for l in range(p.lut_inputs)]
+                inputs += [a for a in slots if a != ZERO]
+                table, wires = minimal_lut(bits, slots)
+                entries.append({"out": f"l{k}_{j}", "init": init_literal(bits), "address": slots[::-1],
+                                "n": len(wires), "min_init": init_literal(table), "wires": wires,
+                                "expression": mux_expression(table, wires)})
                 outputs[j] = f"l{k}_{j}"
             inputs = sorted(set(inputs), key=_wire_order)
             module = f"{name}_layer{k}_{c}"
-            modules.append(Module(module, f"layer{k}", render(
-                "verilog/layer.v.j2", name=module, n=p.lut_inputs, inputs=inputs, luts=entries)))
+            slots = {"name": module, "n": p.lut_inputs, "inputs": inputs, "luts": entries}
+            modules.append(Module(module, f"layer{k}", render("verilog/layer.v.j2", **slots),
+                                  xc7=render("verilog/layer_xc7.v.j2", **slots),
+                                  gates=render("verilog/layer_gates.v.j2", **slots)))
             instances.append({"module": module, "ports": [(w, reg(w)) for w in inputs]
                               + [(e["out"], e["out"]) for e in entries]})
             layer_registers += [e["out"] for e in entries]

@@ -32,7 +32,7 @@ from pathlib import Path
 from .errors import HwBackendError
 
 #: Bumped whenever the script or the parsing below changes (part of every cache key).
-FLOW_VERSION = "2"
+FLOW_VERSION = "3"
 GATES = "AND,NAND,OR,NOR,XOR,XNOR,ANDNOT,ORNOT,MUX"
 _LUT = re.compile(r"LUT([1-6])\Z")
 _FLIP_FLOPS = ("FDRE", "FDSE", "FDCE", "FDPE")
@@ -131,12 +131,16 @@ def fpga_counts(cells: dict[str, int]) -> dict[str, int]:
     return counts
 
 
-def _script(module: str) -> str:
+def _script(module: str, *, primitives: bool) -> str:
+    """The xc7 view reads `xc7.v`: with `primitives` (LUT-layer chunks written as LUT<k> instances, one per
+    table) Yosys only elaborates and counts them; otherwise `synth_xilinx` maps the RTL. The generic-gate
+    and sky130 views synthesize `rtl.v`."""
+    fpga = ([] if primitives else [f"synth_xilinx -family xc7 -flatten -noiopad -top {module}"])
     return "; ".join([
-        "read_verilog design.v", f"hierarchy -top {module}", "design -save rtl",
-        f"synth_xilinx -family xc7 -flatten -noiopad -top {module}", "tee -q -o xc7.json stat -json",
-        "tee -q -o ltp.txt ltp -noff",
-        "design -load rtl", f"synth -flatten -top {module}", f"abc -g {GATES}", "opt_clean",
+        "read_verilog xc7.v", f"hierarchy -top {module}", *fpga, "tee -q -o xc7.json stat -json",
+        "tee -q -o ltp.txt ltp -noff", "design -reset",
+        "read_verilog rtl.v", f"hierarchy -top {module}", f"synth -flatten -noabc -top {module}",
+        f"abc -g {GATES}", "opt_clean",
         "tee -q -o gates.json stat -json", "write_json netlist.json", "write_verilog -noattr gates.v",
         "abc -liberty area.lib", "opt_clean", "tee -q -o sky130.json stat -json -liberty area.lib",
     ])
@@ -148,25 +152,29 @@ def _cells(path: Path) -> tuple[dict[str, int], float]:
     return {k.lstrip("\\"): int(v) for k, v in module.get("num_cells_by_type", {}).items()}, float(module.get("area") or 0.0)
 
 
-def synthesize_module(module: str, text: str, *, timeout: float = 3600.0) -> ModuleSynthesis:
-    """Synthesize Verilog `text` (all modules it needs) with top `module`; cached by content."""
-    key = content_key(FLOW_VERSION, yosys_version(), area_liberty(), module, text)
+def synthesize_module(module: str, text: str, *, xc7: str | None = None, gates: str | None = None,
+                      timeout: float = 3600.0) -> ModuleSynthesis:
+    """Synthesize Verilog `text` (all modules it needs) with top `module`; cached by content. `xc7` (LUT
+    primitives) and `gates` replace `text` in the FPGA and generic-gate views."""
+    key = content_key(FLOW_VERSION, yosys_version(), area_liberty(), module, text, xc7 or "", gates or "")
     folder = cache_root() / key[:2] / key
     result = folder / "result.json"
     if not result.exists():
-        _run_yosys(module, text, folder, timeout)
+        _run_yosys(module, {"xc7.v": xc7 or text, "rtl.v": gates or text}, xc7 is not None, folder, timeout)
     data = json.loads(result.read_text())
     return ModuleSynthesis(module, data["xc7"], data["levels"], data["gates"], data["sky130"], data["area_um2"], folder)
 
 
-def _run_yosys(module: str, text: str, folder: Path, timeout: float) -> None:
+def _run_yosys(module: str, texts: dict[str, str], primitives: bool, folder: Path, timeout: float) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name[:12]}.", dir=folder.parent))
     try:
-        (work / "design.v").write_text(text)
+        for name, text in texts.items():
+            (work / name).write_text(text)
         (work / "area.lib").write_text(area_liberty())
         # YoWASP's WebAssembly sandbox sees the working folder only
-        done = run_tool([yosys_command(), "-q", "-p", _script(module)], work, timeout, f"yosys on {module}")
+        done = run_tool([yosys_command(), "-q", "-p", _script(module, primitives=primitives)], work, timeout,
+                        f"yosys on {module}")
         if done.returncode != 0 or not (work / "sky130.json").exists():
             raise HwBackendError(f"yosys failed on {module} (exit {done.returncode}):\n{(done.stderr or done.stdout)[-3000:]}")
         xc7, _ = _cells(work / "xc7.json")
@@ -176,7 +184,7 @@ def _run_yosys(module: str, text: str, folder: Path, timeout: float) -> None:
         summary = {"module": module, "tool": yosys_version(), "flow": FLOW_VERSION, "xc7": xc7,
                    "levels": int(levels.group(1)) if levels else 0, "gates": gates, "sky130": sky130,
                    "area_um2": area}
-        for name in ("xc7.json", "ltp.txt", "gates.json", "sky130.json", "area.lib", "design.v"):
+        for name in ("xc7.json", "ltp.txt", "gates.json", "sky130.json", "area.lib", "xc7.v", "rtl.v"):
             (work / name).unlink()
         (work / "result.json").write_text(json.dumps(summary, indent=1) + "\n")
         try:
@@ -214,14 +222,14 @@ def stop_tools() -> None:
             proc.kill()
 
 
-def synthesize_all(jobs: list[tuple[str, str]], *, workers: int | None = None, progress: bool = True,
+def synthesize_all(jobs: list, *, workers: int | None = None, progress: bool = True,
                    desc: str = "synthesizing") -> list[ModuleSynthesis]:
-    """Synthesize `(module, text)` jobs in parallel (one Yosys process per core), cached ones instantly."""
+    """Synthesize `rtl.Module` jobs in parallel (one Yosys process per core), cached ones instantly."""
     from tqdm.auto import tqdm
 
     workers = workers or max(1, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max_workers=workers)
-    futures = [pool.submit(synthesize_module, module, text) for module, text in jobs]
+    futures = [pool.submit(synthesize_module, job.name, job.text, xc7=job.xc7, gates=job.gates) for job in jobs]
     try:
         with tqdm(total=len(futures), desc=desc, unit="module", disable=not progress) as bar:
             for _ in as_completed(futures):

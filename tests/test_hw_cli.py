@@ -168,7 +168,72 @@ def test_report_on_a_small_block(tmp_path, monkeypatch, capsys):
     assert set(b["xc7"]["stages"]) == {"thermometer", "layer0", "sum"}
     assert hw["lut6_per_model_lut"] == b["xc7"]["lut"] / 6 == pytest.approx(sum(hw["lut6_per_model_lut_split"].values()))
     assert b["baseline"]["macs_per_token"] == 6 * 24 + 24 * 3 and b["baseline"]["mac_unit"]["exact"]
+    par = b["baseline_parallel"]
+    assert par["synthesized"] and par["exact"] and par["lut"] > 0 and par["toggles_per_token"] > 0
+    assert b["block_energy_ratio_parallel"] == pytest.approx(par["pj_per_token"] / b["energy_pj_per_token"]["total"])
     assert b["activity"]["toggles_per_token"] > 0 and b["block_energy_ratio"] > 1
     assert hw["block_energy_ratio"] == pytest.approx(b["block_energy_ratio"])
     assert hw["energy_model"]["pj_per_toggle"] > 0 and "Horowitz" in hw["energy_model"]["source"]
     assert (out / "hardware.png").stat().st_size > 0 and "whole model" in (out / "hardware.txt").read_text()
+
+
+def test_report_baseline_uses_the_original_mlp(tmp_path, monkeypatch, capsys):
+    """--original: the dense baseline runs the replaced MLP's own weights and activation (shape 8 -> 16 -> 8,
+    ReLU), not random 4x-wide GELU ones; a model whose MLPs do not match the blocks is bad input."""
+    import hostile
+    from quweit.converter.convert import replace_mlps
+
+    monkeypatch.setenv("QUWEIT_CACHE", str(tmp_path / "cache"))
+    original = hostile.mlp_model()
+    save_model(original, tmp_path / "original.onnx")
+    params = random_params(np.random.default_rng(13), in_features=hostile.D, out_features=hostile.D,
+                           thresholds_per_feature=2, lut_inputs=4, group_size=2, input_bits=6)
+    converted, _ = replace_mlps(original, lambda mlp: params)
+    save_model(converted, tmp_path / "m.onnx")
+    common = [str(tmp_path / "m.onnx"), "--report", "--target", "verilog", "--vectors", "10", "--quiet"]
+    assert cli.main([*common, "-o", str(tmp_path / "out"), "--original", str(tmp_path / "original.onnx")]) == 0
+    [b] = json.loads((tmp_path / "out" / "hardware.json").read_text())["blocks"]
+    assert b["baseline"]["weights"] == "original model" and b["baseline"]["activation"] == "relu"
+    assert b["baseline"]["shape"] == [hostile.D, hostile.H, hostile.D]
+    assert b["baseline"]["macs_per_token"] == 2 * hostile.D * hostile.H
+    save_model(converted, tmp_path / "other.onnx")  # holds blocks, no MLP
+    capsys.readouterr()
+    assert cli.main([*common, "-o", str(tmp_path / "bad"), "--original", str(tmp_path / "other.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--original" in err and "no MLP" in err and not (tmp_path / "bad").exists()
+
+
+def test_baseline_activations_match_torch():
+    """The baseline's numpy activations are the converter's activations as torch computes them."""
+    import torch
+    import torch.nn.functional as F
+    from quweit.hwbackend.baseline import ACTIVATIONS
+
+    x = np.linspace(-6, 6, 97)
+    t = torch.from_numpy(x)
+    want = {"gelu": F.gelu(t), "gelu_tanh": F.gelu(t, approximate="tanh"), "relu": F.relu(t), "silu": F.silu(t),
+            "quick_gelu": t * torch.sigmoid(1.702 * t)}
+    assert set(ACTIVATIONS) == set(want)
+    for name, f in ACTIVATIONS.items():
+        np.testing.assert_allclose(f(x), want[name].numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_parallel_baseline_is_checked_and_bounded(tmp_path, monkeypatch):
+    """The fully parallel layers compute exact dot products (a wrong weight in the logic is caught); an MLP
+    above the multiplier limit is not synthesized and says why."""
+    from quweit.hwbackend import parallel
+    from quweit.hwbackend.baseline import MlpWeights
+
+    monkeypatch.setenv("QUWEIT_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(3)
+    w = MlpWeights(rng.standard_normal((4, 6)), None, rng.standard_normal((6, 2)), "relu")
+    x = rng.standard_normal((40, 4))
+    good = parallel.parallel_baseline(x, w)
+    assert good["synthesized"] and good["exact"] and good["macs_per_token"] == 4 * 6 + 6 * 2
+    layer = parallel.layer_verilog
+    monkeypatch.setattr(parallel, "layer_verilog", lambda m, w8: layer(m, w8 + (np.arange(w8.size).reshape(w8.shape) == 0)))
+    assert not parallel.parallel_baseline(x, w)["exact"]
+    big = MlpWeights(np.zeros((64, 64)), None, np.zeros((64, 2)), "relu")
+    assert parallel.parallel_baseline(x[:, :1].repeat(64, 1), big) == {
+        "synthesized": False, "macs_per_token": 64 * 66, "reason": "4224 MACs per token: more than 4096 multipliers "
+        "are not synthesized"}

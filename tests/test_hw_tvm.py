@@ -181,14 +181,15 @@ def test_missing_input_bits_is_rejected_not_defaulted():
         frontend.from_onnx(model)
 
 
-@pytest.fixture(scope="module")
-def converted_bert(tmp_path_factory):
-    """A random-weight BERT (tests/models.py), its MLPs replaced by random blocks by the converter."""
+@pytest.fixture(scope="module", params=["legacy", "dynamo"])
+def converted_bert(request, tmp_path_factory):
+    """A random-weight BERT (tests/models.py) from either torch exporter, its MLPs replaced by random blocks
+    by the converter."""
     import models
     from quweit.converter.convert import replace_mlps
 
     family = models.FAMILIES["bert"]
-    path = models.export(family, "legacy", tmp_path_factory.mktemp("bert") / "bert.onnx")
+    path = models.export(family, request.param, tmp_path_factory.mktemp("bert") / "bert.onnx")
     converted, _ = replace_mlps(load_model(path))
     feeds = models.reference_inputs(family, 2, 5)
     return converted, feeds
