@@ -16,9 +16,6 @@
 namespace quweit {
 namespace QUWEIT_ISA {
 
-typedef int32_t Ints16 __attribute__((vector_size(64), may_alias, aligned(4)));
-typedef float Floats16 __attribute__((vector_size(64), may_alias, aligned(4)));
-
 // Scratch: two sets of n copies (a layer's input and output bits), the token's quantized inputs, and
 // the last layer's output bits (int32 0/1, ready for vector sums), each 64-byte aligned.
 struct DirectScratch {
@@ -173,6 +170,8 @@ void direct_outputs_n(const BlockPlan& plan, const DirectScratch& s, float* y_ro
   const uint8_t* in = s.copies[k % 2];
   const int64_t g_size = plan.group_size;
   const int64_t block_rows = 16 * g_size;
+  // All of the range's LUT bits first, then the sums: a vector load of bits stored a moment before
+  // by scalar stores cannot be forwarded from the store buffer and would stall each block of 16.
   for (int64_t o0 = o_begin; o0 < o_end; o0 += 16) {
     const int64_t first = plan.direct_row_offsets[k] + o0 * g_size;
     const Index* map = direct_map<Index>(plan) + first * N;
@@ -180,15 +179,27 @@ void direct_outputs_n(const BlockPlan& plan, const DirectScratch& s, float* y_ro
     int32_t* bits = s.bits + o0 * g_size;
 #pragma GCC unroll 8  // fewer loop instructions per LUT (about 21 -> 17)
     for (int64_t p = 0; p < block_rows; ++p) bits[p] = static_cast<int32_t>(direct_lut<N>(in, map + p * N, table + p * kWords));
-    Ints16 acc = *reinterpret_cast<const Ints16*>(plan.direct_bias + o0);
+  }
+  // The sums in native vectors (kParts of kLanes outputs): GCC spills 64-byte generic vectors to the
+  // stack on narrower ISAs, which cost more than all the LUTs' loads.
+  constexpr int kParts = 16 / kLanes;
+  for (int64_t o0 = o_begin; o0 < o_end; o0 += 16) {
+    const int32_t* bits = s.bits + o0 * g_size;
     const int32_t* values = plan.direct_values + o0 * g_size;
+    Lanes acc[kParts];
+    for (int c = 0; c < kParts; ++c) acc[c] = *reinterpret_cast<const UnalignedLanes*>(plan.direct_bias + o0 + c * kLanes);
     for (int64_t g = 0; g < g_size; ++g)
-      acc += -*reinterpret_cast<const Ints16*>(bits + 16 * g) & *reinterpret_cast<const Ints16*>(values + 16 * g);
-    const Floats16 out = __builtin_convertvector(acc, Floats16) * *reinterpret_cast<const Floats16*>(plan.direct_scale + o0);
-    if (o_end - o0 >= 16) {
-      *reinterpret_cast<Floats16*>(y_row + o0) = out;
-    } else {
-      for (int64_t o = o0; o < o_end; ++o) y_row[o] = out[o - o0];
+      for (int c = 0; c < kParts; ++c)
+        acc[c] += -*reinterpret_cast<const Lanes*>(bits + 16 * g + c * kLanes) &
+                  *reinterpret_cast<const UnalignedLanes*>(values + 16 * g + c * kLanes);
+    for (int c = 0; c < kParts; ++c) {
+      const int64_t o = o0 + c * kLanes;
+      const Floats out = __builtin_convertvector(acc[c], Floats) * *reinterpret_cast<const UnalignedFloats*>(plan.direct_scale + o);
+      if (o_end - o >= kLanes) {
+        *reinterpret_cast<UnalignedFloats*>(y_row + o) = out;
+      } else {
+        for (int64_t j = o; j < o_end; ++j) y_row[j] = out[j - o];
+      }
     }
   }
 }
