@@ -163,7 +163,7 @@ void run_split_task(void* data, size_t index) {
   const int64_t first = static_cast<int64_t>(index) * job.per_task;
   const int64_t last = job.items - first < job.per_task ? job.items : first + job.per_task;
   if (job.layer + 1 < job.plan->num_layers) {
-    job.path->layer(*job.plan, job.layer, job.shared, first, last);
+    job.path->layer(*job.plan, job.layer, job.shared, job.tokens, first, last);
     return;
   }
   void* own = thread_scratch(job.scratch_bytes);  // the shared scratch when run by the calling thread:
