@@ -61,10 +61,10 @@ const IsaKernels& select_isa(const std::string& node) {
 // width n (python bench/crossover.py -> bench/results/crossover.json: each path forced, n = 1..8, 1 to
 // 512 tokens, 1 thread, AVX2). Byte shuffles cost about the same for every n while bit-sliced mux
 // trees grow with 2^n, so the byte-sliced range grows with n; for n = 8 it was faster at every count.
-constexpr int64_t kDirectMaxTokens[9] = {0, 4, 4, 3, 3, 4, 3, 2, 3};
-constexpr int64_t kByteSliceMaxTokens[9] = {0, 16, 32, 32, 32, 32, 192, 384, INT64_MAX};
+constexpr int64_t kDirectMaxTokens[9] = {0, 4, 4, 4, 4, 4, 4, 4, 4};
+constexpr int64_t kByteSliceMaxTokens[9] = {0, 8, 32, 32, 32, 48, 192, 384, INT64_MAX};
 
-// A single tile (one decode token; up to 32 byte-sliced tokens) is shared among threads only when each
+// A single tile (1 to 4 direct tokens; up to 32 byte-sliced tokens) is shared among threads only when each
 // task gets at least this many LUT evaluations, a few microseconds of work: about what handing a task
 // to an awake pool thread costs. The 2-thread rows of bench/kernel.py at 1 and 16 tokens show whether
 // it pays on a machine (with sleeping or busy pool threads the calling thread simply runs every task).

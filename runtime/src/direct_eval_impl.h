@@ -1,5 +1,6 @@
-// Direct evaluation, one token at a time; included once per instruction set by tile_eval_<isa>.cc
-// after simd_common.h and the ISA's gt_bytes (it compares kByteTokens features per vector).
+// Direct evaluation of tiles of 1 to kDirectTokens tokens (one token, or a few packed together; see
+// kDirectTokens); included once per instruction set by tile_eval_<isa>.cc after simd_common.h and the
+// ISA's gt_bytes (it compares kByteTokens features per vector).
 //
 // Why it is fast for one token: the token's thermometer bits are bytes, held as n copies where copy l
 // holds bit << l (block_layouts.h), built 32 features at a time with vector compares. A LUT's address
