@@ -8,6 +8,7 @@ only that MLP converted) and the order in which `layers="auto"` converts MLPs un
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from .mlp import MlpMatch
 ParamsFor = Callable[[MlpMatch], "WeightlessBlockParams | None"]
 DEFAULT_FIDELITY_FLOOR = 0.9
 CALIB_BATCH = 16
+#: Seconds a recipe's `total_seconds` keeps back after distillation: the final fidelity and the write.
+FINISH_SECONDS = 20.0
 
 
 def replace_mlps(model: onnx.ModelProto, params_for: ParamsFor | None = None) -> tuple[onnx.ModelProto, dict]:
@@ -178,10 +181,14 @@ def convert(
     if recipe is not None and recipe.distill_steps and chosen:
         data = distill_data if distill_data is not None else _stack(fit_feeds)
         tick = time.monotonic()
+        if recipe.total_seconds is not None:  # what fitting left, less the final measure and the write
+            left = recipe.total_seconds - (tick - started) - FINISH_SECONDS
+            recipe = dataclasses.replace(recipe, distill_seconds=max(0.0, min(left, recipe.distill_seconds or left)))
         converted, losses = distill(converted, prepared, data, recipe, seed=seed, progress=progress)
         distilled = {"steps": len(losses), "seconds": round(time.monotonic() - tick, 1),
                      "load_average": [round(v, 2) for v in os.getloadavg()],
                      "samples": int(next(iter(data.values())).shape[0]),
+                     "budget_seconds": recipe.distill_seconds,
                      "loss_first_last": [losses[0], losses[-1]] if losses else None}
     final = calibrate.fidelity(reference, calibrate.outputs(converted, held_out)) if chosen else 1.0
     reasons = {m.output: ("below the fidelity floor" if selection == "auto" else "not selected")
