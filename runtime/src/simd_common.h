@@ -32,6 +32,14 @@ typedef int16_t UnalignedShorts __attribute__((vector_size(2 * kLanes), may_alia
 constexpr int kByteTokens = QUWEIT_BYTE_TOKENS;
 typedef uint8_t Bytes __attribute__((vector_size(kByteTokens), may_alias));
 typedef int16_t Words __attribute__((vector_size(2 * kByteTokens), may_alias));
+
+// A vector of kByteTokens copies of `byte` (a scalar operand would be an int to GCC, which refuses to
+// narrow it when it cannot prove the value fits, as at -O1).
+QUWEIT_INLINE Bytes splat(uint8_t byte) {
+  Bytes v;
+  __builtin_memset(&v, byte, sizeof(v));
+  return v;
+}
 #endif
 
 template <typename T>
