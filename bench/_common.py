@@ -13,27 +13,47 @@ from quweit.onnxio import BadInputError, write_json
 from quweit.onnxio import refuse_to_clobber as io_refuse
 
 
-def alternate_timings(sessions: dict, feed: dict, seconds: float, *, empty_feed: dict | None = None) -> dict[str, float]:
+#: Sleep before each turn of a session with an intra-op pool (alternate_timings): longer than onnxruntime's
+#: idle pool threads spin after a run.
+POOL_SETTLE_SECONDS = 0.1
+
+
+def alternate_timings(sessions: dict, feed: dict, seconds: float, *, empty_feed: dict | None = None,
+                      settle: float = 0.0) -> dict[str, float]:
     """Median seconds per run of each session (and `<kind>_min`), runs interleaved for `seconds` in total,
     at least 5 runs each, after 3 warm-up runs.
 
     With `empty_feed` (the same inputs with no tokens) each run is followed by one on it, and
     `<kind>_fixed` is the median of those: what a run costs that computes nothing (Python, onnxruntime's
     dispatch of every node, output allocation). `record_timings` subtracts it, so that a few microseconds
-    of compute are not hidden under a run's fixed cost; the ratio is then that of the ops themselves."""
+    of compute are not hidden under a run's fixed cost; the ratio is then that of the ops themselves.
+
+    With `settle` > 0 (sessions with an intra-op thread pool) the sessions take turns in rounds of
+    `seconds / 8` each instead of run by run, and each turn starts after `settle` seconds of sleep and one
+    untimed run: onnxruntime's idle pool threads spin for tens of milliseconds after a run (measured
+    here: about 40 ms of CPU), so run-by-run alternation made each session's pool take a core from the
+    other's, and two threads looked no faster than one."""
     feeds = {"": feed} | ({"_fixed": empty_feed} if empty_feed is not None else {})
     for session in sessions.values():
         for chosen in feeds.values():
             for _ in range(3):
                 session.run(None, chosen)
     times = {kind + suffix: [] for kind in sessions for suffix in feeds}
+    turn = seconds / 8 if settle > 0 else 0.0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds or min(len(t) for t in times.values()) < 5:
         for kind, session in sessions.items():
-            for suffix, chosen in feeds.items():
-                t0 = time.perf_counter()
-                session.run(None, chosen)
-                times[kind + suffix].append(time.perf_counter() - t0)
+            if settle > 0:
+                time.sleep(settle)
+                session.run(None, feed)
+            turn_start = time.perf_counter()
+            while True:
+                for suffix, chosen in feeds.items():
+                    t0 = time.perf_counter()
+                    session.run(None, chosen)
+                    times[kind + suffix].append(time.perf_counter() - t0)
+                if time.perf_counter() - turn_start >= turn:
+                    break
     return {kind: float(np.median(t)) for kind, t in times.items()} | {
         f"{kind}_min": float(np.min(t)) for kind, t in times.items()} | {
         f"{kind}_runs": len(t) for kind, t in times.items() if not kind.endswith("_fixed")}
@@ -58,17 +78,6 @@ def record_timings(results: dict, timings: dict, baseline: str, candidate: str, 
             results[f"{kind}_runs_{key}"] = timings[f"{kind}_runs"]
     results[f"{ratio}_{key}"] = net[baseline] / net[candidate]
     results[f"{ratio}_of_min_{key}"] = net[f"{baseline}_min"] / net[f"{candidate}_min"]
-
-
-def git_commit() -> str:
-    """The repository's HEAD (with "+changes" when the work tree differs from it)."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                           text=True, check=False)
-    return (head.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
 
 
 def git_commit() -> str:

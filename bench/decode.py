@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from _common import alternate_timings, finish, record_timings, refuse_to_clobber
+from _common import POOL_SETTLE_SECONDS, alternate_timings, finish, record_timings, refuse_to_clobber
 from model import kernel_only
 from quweit.onnxio import load_model, make_session
 
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds_per_thread_count": args.seconds, "load_average_start": os.getloadavg()[0],
     }
     for threads in (1, 2):
-        timings = alternate_timings(sessions(models, threads, args.spinning), feed, args.seconds)
+        timings = alternate_timings(sessions(models, threads, args.spinning), feed, args.seconds,
+                                    settle=POOL_SETTLE_SECONDS if threads > 1 else 0.0)
         key = f"{threads}t"
         record_timings(results, timings, "original", "converted", key, "decode_speedup")
         record_timings(results, timings, "original", "no_mlps", key, "decode_amdahl_limit")

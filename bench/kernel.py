@@ -1,14 +1,16 @@
 """Speed of the `WeightlessBlock` kernel against the dense MLP it replaces, in onnxruntime.
 
-MiniLM size: dense 384 -> 1536 -> GELU -> 384 (GELU in the exporters' Erf form, so onnxruntime fuses it
-as it would in a real model) against the converter's default block for that size
-(`default_config(384, 384)`), for 1, 4, 16, 128 and 2048 tokens (decoding to prefill) with 1 and 2
-intra-op threads. Both sessions live in one process and their runs alternate, so load from other
-processes hits both alike; the ratio of medians is reported. Each run on the tokens is followed by a run
-on an empty batch, whose median (the run's fixed cost: Python, onnxruntime's dispatch of each node,
-about 10 us) is subtracted, so the ratio is that of the ops; the whole runs are recorded too
-(`*_run_ms_*`). Peak memory is measured in fresh child processes: growth of the peak RSS (VmHWM) from
-just before the session is created to the end of five runs (model weights, arenas and activations).
+MiniLM size: dense 384 -> 1536 -> GELU -> 384 (GELU in the exporters' Erf form, so onnxruntime fuses it as it
+would in a real model) against the converter's default block for that size (`default_config(384, 384)`), for
+1, 4, 16, 128 and 2048 tokens (decoding to prefill) with 1 and 2 intra-op threads. Both sessions live in one
+process and their runs alternate, so load from other processes hits both alike; the ratio of medians is
+reported. With 2 threads they take turns of several runs after a pause instead
+(`alternate_timings(settle=...)`), since onnxruntime's idle pool threads spin for tens of milliseconds after a
+run and would take the other session's second core. Each run on the tokens is followed by a run on an empty
+batch, whose median (the run's fixed cost: Python, onnxruntime's dispatch of each node, about 10 us) is
+subtracted, so the ratio is that of the ops; the whole runs are recorded too (`*_run_ms_*`). Peak memory is
+measured in fresh child processes: growth of the peak RSS (VmHWM) from just before the session is created to
+the end of five runs (model weights, arenas and activations).
 
     python bench/kernel.py [--json PATH [--force]] [--seconds S] [--spinning 0|1]
 """
@@ -25,7 +27,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from _common import alternate_timings, cpu_name, finish, record_timings, refuse_to_clobber
+from _common import POOL_SETTLE_SECONDS, alternate_timings, cpu_name, finish, record_timings, refuse_to_clobber
 
 HIDDEN, INTERMEDIATE = 384, 1536
 TOKENS = (1, 4, 16, 128, 2048)
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
         sessions = {kind: make_session(kind, threads, args.spinning) for kind in ("mlp", "block")}
         check_block_exact(sessions["block"])
         for tokens in TOKENS:
-            timings = alternate_timings(sessions, {"X": inputs(tokens)}, args.seconds, empty_feed={"X": inputs(0)})
+            timings = alternate_timings(sessions, {"X": inputs(tokens)}, args.seconds, empty_feed={"X": inputs(0)},
+                                        settle=POOL_SETTLE_SECONDS if threads > 1 else 0.0)
             record_timings(results, timings, "mlp", "block", f"{tokens}_{threads}t", "speedup")
             progress.update()
     for kind in ("mlp", "block"):

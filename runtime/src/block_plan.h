@@ -67,14 +67,14 @@ inline size_t tile_scratch_bytes(const BlockPlan& plan, int words) {
 // A path that evaluates tiles of up to `tokens` tokens in steps: `tile` runs the whole block on one
 // thread; `encode`, `layer` and `outputs` are its steps, so one tile's LUTs can be shared among
 // threads: encode (thermometer into the shared scratch), then each hidden layer k's LUTs
-// [j_begin, j_end), then outputs [o_begin, o_end) (last layer, sums, Y; multiples of 16 except at the
+// [j_begin, j_end) (for the tile's `count` tokens), then outputs [o_begin, o_end) (last layer, sums, Y; multiples of 16 except at the
 // end; `own` is the calling thread's scratch for staging). Every scratch holds scratch_bytes(plan).
 struct PathKernels {
   int tokens;
   size_t (*scratch_bytes)(const BlockPlan& plan);
   TileFn tile;
   void (*encode)(const BlockPlan& plan, const float* x, int64_t begin, int64_t count, void* scratch);
-  void (*layer)(const BlockPlan& plan, int k, void* scratch, int64_t j_begin, int64_t j_end);
+  void (*layer)(const BlockPlan& plan, int k, void* scratch, int64_t count, int64_t j_begin, int64_t j_end);
   void (*outputs)(const BlockPlan& plan, float* y, int64_t begin, int64_t count, int64_t o_begin, int64_t o_end,
                   const void* shared, void* own);
 };

@@ -101,8 +101,10 @@ void byteslice_layer_n(const BlockPlan& plan, int k, const uint8_t* in, uint8_t*
     *reinterpret_cast<Bytes*>(out + j * kByteTokens) = byteslice_lut<N>(plan, in, first + j);
 }
 
-// LUTs [j_begin, j_end) of hidden layer k (not the last): bits[k % 2] -> bits[(k + 1) % 2].
-void byteslice_layer(const BlockPlan& plan, int k, void* scratch, int64_t j_begin, int64_t j_end) {
+// LUTs [j_begin, j_end) of hidden layer k (not the last): bits[k % 2] -> bits[(k + 1) % 2], for all
+// kByteTokens token slots at once (`count` is not needed).
+void byteslice_layer(const BlockPlan& plan, int k, void* scratch, int64_t count, int64_t j_begin, int64_t j_end) {
+  (void)count;
   const ByteScratch s = byte_scratch(plan, scratch);
   const uint8_t* in = s.bits[k % 2];
   uint8_t* out = s.bits[(k + 1) % 2];
@@ -168,7 +170,7 @@ void byteslice_outputs(const BlockPlan& plan, float* y, int64_t begin, int64_t c
 // The whole block for `count` <= kByteTokens tokens on one thread.
 void byteslice_tile(const BlockPlan& plan, const float* x, float* y, int64_t begin, int64_t count, void* scratch) {
   byteslice_encode(plan, x, begin, count, scratch);
-  for (int k = 0; k + 1 < plan.num_layers; ++k) byteslice_layer(plan, k, scratch, 0, plan.layer_sizes[k]);
+  for (int k = 0; k + 1 < plan.num_layers; ++k) byteslice_layer(plan, k, scratch, count, 0, plan.layer_sizes[k]);
   byteslice_outputs(plan, y, begin, count, 0, plan.out_features, scratch, scratch);
 }
 

@@ -61,10 +61,10 @@ const IsaKernels& select_isa(const std::string& node) {
 // width n (python bench/crossover.py -> bench/results/crossover.json: each path forced, n = 1..8, 1 to
 // 512 tokens, 1 thread, AVX2). Byte shuffles cost about the same for every n while bit-sliced mux
 // trees grow with 2^n, so the byte-sliced range grows with n; for n = 8 it was faster at every count.
-constexpr int64_t kDirectMaxTokens[9] = {0, 4, 2, 3, 3, 2, 2, 2, 2};
-constexpr int64_t kByteSliceMaxTokens[9] = {0, 4, 32, 32, 32, 32, 192, 384, INT64_MAX};
+constexpr int64_t kDirectMaxTokens[9] = {0, 4, 4, 4, 4, 4, 4, 4, 4};
+constexpr int64_t kByteSliceMaxTokens[9] = {0, 8, 32, 32, 32, 48, 192, 384, INT64_MAX};
 
-// A single tile (one decode token; up to 32 byte-sliced tokens) is shared among threads only when each
+// A single tile (1 to 4 direct tokens; up to 32 byte-sliced tokens) is shared among threads only when each
 // task gets at least this many LUT evaluations, a few microseconds of work: about what handing a task
 // to an awake pool thread costs. The 2-thread rows of bench/kernel.py at 1 and 16 tokens show whether
 // it pays on a machine (with sleeping or busy pool threads the calling thread simply runs every task).
@@ -163,7 +163,7 @@ void run_split_task(void* data, size_t index) {
   const int64_t first = static_cast<int64_t>(index) * job.per_task;
   const int64_t last = job.items - first < job.per_task ? job.items : first + job.per_task;
   if (job.layer + 1 < job.plan->num_layers) {
-    job.path->layer(*job.plan, job.layer, job.shared, first, last);
+    job.path->layer(*job.plan, job.layer, job.shared, job.tokens, first, last);
     return;
   }
   void* own = thread_scratch(job.scratch_bytes);  // the shared scratch when run by the calling thread:

@@ -10,7 +10,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 
 #include "block_plan.h"
 
@@ -34,11 +33,11 @@ constexpr int kByteTokens = QUWEIT_BYTE_TOKENS;
 typedef uint8_t Bytes __attribute__((vector_size(kByteTokens), may_alias));
 typedef int16_t Words __attribute__((vector_size(2 * kByteTokens), may_alias));
 
-// `value` in every byte. `bytes & (1 << l)` would need GCC to prove that the scalar fits a byte, which it
-// cannot for a loop variable without -O3's unrolling (the sanitized -O1 build refuses to compile it).
-QUWEIT_INLINE Bytes splat(uint8_t value) {
+// A vector of kByteTokens copies of `byte` (a scalar operand would be an int to GCC, which refuses to
+// narrow it when it cannot prove the value fits, as at -O1).
+QUWEIT_INLINE Bytes splat(uint8_t byte) {
   Bytes v;
-  std::memset(&v, value, sizeof(v));
+  __builtin_memset(&v, byte, sizeof(v));
   return v;
 }
 #endif
