@@ -16,13 +16,15 @@ from quweit.onnxio import (
     EXIT_TERMINATED,
     BadInputError,
     Terminated,
+    atomic_files,
     has_external_data,
+    json_text,
     load_inputs,
-    load_model,
+    load_ir,
+    model_files,
     refuse_to_clobber,
-    save_model,
     sigterm_unwinds,
-    write_json,
+    write_model,
 )
 
 from .convert import DEFAULT_FIDELITY_FLOOR, convert
@@ -113,11 +115,9 @@ def _convert(args, source: Path, calib) -> int:
     if output.resolve() == source.resolve():
         raise ConvertError(f"output {output} is the input; choose another -o")
     config = _config(args)
-    model = load_model(source, upgrade=True)
+    model = load_ir(source, upgrade=True)
     if args.calib:
-        from .detect import prepare
-
-        calib = load_inputs(args.calib, prepare(model), f"--calib {args.calib}")
+        calib = load_inputs(args.calib, model, f"--calib {args.calib}")
     converted, report = convert(
         model, calib=calib, layers=args.layers, config=config, budget_seconds=args.budget, seed=args.seed,
         progress=not args.quiet, fidelity_floor=args.fidelity_floor, sequential=not args.local,
@@ -125,12 +125,16 @@ def _convert(args, source: Path, calib) -> int:
     )
     from .report import format_table
 
-    save_model(converted, output, external_data=has_external_data(source) or None, force=args.force)
     report["output"] = str(output)
+    files = model_files(converted, output, has_external_data(source) or None)
+    report_files = [Path(args.report)] if args.report else []
+    with atomic_files(files + report_files, force=args.force) as temporary:  # model and report: both or none
+        write_model(converted, temporary[:len(files)])
+        if args.report:
+            temporary[-1].write_text(json_text(report), encoding="utf-8")
     print(format_table(report, explain=args.explain))
     print(f"wrote {output}")
     if args.report:
-        write_json(args.report, report, force=args.force)
         print(f"wrote {args.report}")
     return EXIT_OK
 

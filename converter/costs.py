@@ -2,24 +2,25 @@
 
 MACs count every MatMul/Gemm with a constant 2-D weight (`rows * cols` per token) and, for each block,
 its `D_in + D_out` scale multiplications. Activation x activation products (attention scores) depend on
-the sequence length and are left out of both sides.
+the sequence length and are left out of both sides. Counted on the one in-memory model, before and
+after its rewrites.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import onnx
+import math
+
+import onnx_ir as ir
 from quweit.custom_ops import WeightlessBlockParams
 
 
-def weight_macs(model: onnx.ModelProto) -> int:
-    inits = {t.name: t for t in model.graph.initializer}
+def weight_macs(model: ir.Model) -> int:
     total = 0
-    for node in model.graph.node:
-        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
-            dims = inits[node.input[1]].dims
-            if len(dims) == 2:
-                total += int(dims[0]) * int(dims[1])
+    for node in model.graph:
+        if node.op_type in ("MatMul", "Gemm") and node.domain == "" and len(node.inputs) > 1:
+            weight = node.inputs[1]
+            if weight is not None and weight.const_value is not None and len(weight.const_value.shape) == 2:
+                total += math.prod(weight.const_value.shape.numpy())
     return total
 
 
@@ -28,17 +29,23 @@ def block_macs(params: WeightlessBlockParams) -> int:
     return params.in_features + params.out_features
 
 
-def parameter_count(model: onnx.ModelProto) -> int:
-    return int(sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer))
+def parameter_count(model: ir.Model) -> int:
+    return int(sum(math.prod(v.const_value.shape.numpy()) for v in model.graph.initializers.values()
+                   if v.const_value is not None))
 
 
-def totals(before: onnx.ModelProto, after: onnx.ModelProto, blocks: list[WeightlessBlockParams]) -> dict[str, object]:
-    macs_before = weight_macs(before)
+def counts(model: ir.Model) -> dict[str, int]:
+    """What `totals` compares: the model's weight MACs and parameters now."""
+    return {"macs": weight_macs(model), "params": parameter_count(model)}
+
+
+def totals(before: dict[str, int], after: ir.Model, blocks: list[WeightlessBlockParams]) -> dict[str, object]:
+    macs_before = before["macs"]
     macs_after = weight_macs(after) + sum(block_macs(p) for p in blocks)
     return {
         "macs_before": macs_before,
         "macs_after": macs_after,
         "mult_share_removed": (1.0 - macs_after / macs_before) if macs_before else 0.0,
-        "params_before": parameter_count(before),
+        "params_before": before["params"],
         "params_after": parameter_count(after),
     }

@@ -15,7 +15,7 @@ from onnxscript.rewriter import pattern
 from onnxscript.rewriter._basics import MatchResult
 from quweit.custom_ops import DOMAIN, OP_TYPE, WeightlessBlockParams
 
-from ..mlp import MlpMatch
+from ..mlp import MlpHandle, MlpMatch
 from .activations import ACTIVATION_OPS
 from .linear import NotALinear, read_linear
 
@@ -83,11 +83,12 @@ class MlpRule(pattern.RewriteRuleClassBase):
         reason = _external_use(context.nodes, output)
         if reason:
             return reason
+        nodes = tuple(_in_graph_order(context))
         return MlpMatch(
             family=self.family, form=f"{self.act_op[0] or 'ai.onnx'}::{self.act_op[1]}", activation=activation,
-            linear=self.linear, input=x.name, output=output.name,
-            nodes=tuple(n.name or "" for n in _in_graph_order(context)),
+            linear=self.linear, input=x.name, output=output.name, nodes=tuple(n.name or "" for n in nodes),
             w_up=w_up, b_up=b_up, w_down=w_down, b_down=b_down, w_gate=w_gate, b_gate=b_gate,
+            handle=MlpHandle(nodes, x, output),
         )
 
     def rewrite(self, op, x: ir.Value, **_):
