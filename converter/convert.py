@@ -25,7 +25,7 @@ from quweit.onnxio import check_inputs
 from tqdm.auto import tqdm
 
 from . import calibrate, costs
-from .detect import Detection, detect, finish, prepare, replace_with_block
+from .detect import Detection, detect, finish, fuse, normalise, replace_with_block
 from .errors import BadInputError, NoMlpError
 from .mlp import MlpMatch
 from .stages import Stages, Stream
@@ -42,9 +42,9 @@ def replace_mlps(model: onnx.ModelProto | ir.Model, params_for: ParamsFor | None
     Without `params_for`, every MLP gets a random valid block of the default structure (for benchmarks
     of a converted model's speed, not its quality). Returns (model of the kind given, report).
     """
-    prepared = prepare(model)
-    detection = detect(prepared)
-    before = costs.counts(prepared)
+    prepared = normalise(model)
+    before = costs.counts(prepared)  # before activations are fused into functions (their constants with them)
+    detection = detect(fuse(prepared))
     if params_for is None:
         rng = np.random.default_rng(0)
 
@@ -103,8 +103,9 @@ def convert(
     from .fitting import fit_block
 
     started = time.monotonic()
-    prepared = prepare(model)
-    detection = detect(prepared)
+    prepared = normalise(model)
+    before = costs.counts(prepared)  # before activations are fused into functions (their constants with them)
+    detection = detect(fuse(prepared))
     mlps = detection.mlps
     if not mlps:
         raise NoMlpError("no MLP found in the model (--explain says why candidates did not match)",
@@ -116,7 +117,6 @@ def convert(
     else:
         check_inputs(prepared, calib, "--calib")
     fit_runs, held_out = calibrate.split(prepared, calib, CALIB_BATCH)
-    before = costs.counts(prepared)
     need_local = sensitivity or selection == "auto" or not sequential
     # budget: an even share for every fit that may run (local fits, then sequential refits)
     most_fits = (len(mlps) if need_local else 0) + (len(mlps) if sequential else 0)

@@ -38,11 +38,20 @@ def as_ir(model: onnx.ModelProto | ir.Model) -> ir.Model:
 
 
 def prepare(model: onnx.ModelProto | ir.Model) -> ir.Model:
-    """The model the converter works on: opset >= 18, optimized (constants folded), nodes named,
-    multi-node activations fused (see module doc). An onnx-ir model is prepared in place."""
+    """The model the converter works on: `normalise`d, then `fuse`d. An onnx-ir model is prepared in place."""
+    return fuse(normalise(model))
+
+
+def normalise(model: onnx.ModelProto | ir.Model) -> ir.Model:
+    """Opset >= 18, optimized (constants folded), nodes named: the model as the converter counts it."""
     model = as_ir(model)
     onnxscript.optimizer.optimize(model)
     NameFixPass()(model)
+    return model
+
+
+def fuse(model: ir.Model) -> ir.Model:
+    """Each multi-node activation as one call of a model-local function, as the MLP rules expect it."""
     by_root(activation_fusions()).apply_to_model(model)
     return model
 
@@ -183,5 +192,5 @@ def _unmatched_linears(model: ir.Model, mlps: list[MlpMatch], explained: set[str
     return reasons
 
 
-__all__ = ["Detection", "as_ir", "by_root", "detect", "find_mlps", "finish", "prepare", "replace_with_block",
-           "rewrite_mlps"]
+__all__ = ["Detection", "as_ir", "by_root", "detect", "find_mlps", "finish", "fuse", "normalise", "prepare",
+           "replace_with_block", "rewrite_mlps"]
