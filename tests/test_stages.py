@@ -73,7 +73,7 @@ def test_each_step_is_built_once_and_no_session_holds_the_whole_model(exported, 
 
     monkeypatch.setattr(stages, "make_session", counting)
     whole = sum(1 for _ in prepare(exported[case]).graph)
-    converted, report = convert(exported[case], calib=_data("llama"), progress=False)  # sensitivity on: forks
+    _, report = convert(exported[case], calib=_data("llama"), progress=False)  # sensitivity on: forks
     assert report["mlps_replaced"] == 2 and "fidelity_alone" in report["mlps"][1]
     steps = 2 * 2 + 1  # segment + MLP per MLP, and the tail
     blocks = 2 + 1  # local fits of both MLPs (sensitivity) and the sequential refit of MLP 1
