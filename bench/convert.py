@@ -7,15 +7,20 @@ file). It is converted by the `quweit-convert` command in a fresh process with r
 zeros at the end), as a tokenizer gives them. Per size it reports
 
 - `seconds`: the command's wall time (start, load, detection, calibration passes, fitting, rewriting,
-  saving);
+  saving), and `cpu_seconds` (all its threads);
 - `seconds_fitting`: the time inside the block fits (the closed-form fit, from the report);
-- `overhead_s_per_mlp`: (seconds - seconds_fitting) / MLPs;
+- `overhead_s_per_mlp`: (seconds - seconds_fitting) / MLPs (and the same in CPU seconds, which a busy
+  machine disturbs less);
 - `peak_rss_over_model`: the command's peak resident memory (getrusage of the child) / the model's bytes
   (.onnx + .data).
 
-The 32-layer numbers are also top-level keys (`overhead_s_per_mlp_32`, `peak_rss_over_model_32`).
+`conversion` is `quweit-convert --no-sensitivity` (the conversion itself); `with_sensitivity` adds the
+per-MLP sensitivity table, which runs the held-out data from every MLP to the end (about MLPs/2 extra
+forward passes: quadratic in the MLP count), on the sizes in `--sensitivity-layers`. The 32-layer
+conversion's numbers are also top-level keys (`overhead_s_per_mlp_32`, `peak_rss_over_model_32`).
 
     python bench/convert.py [--json PATH [--force]] [--layers 8 16 32] [--samples 16] [--tokens 128]
+                            [--sensitivity-layers 8 16]
 """
 
 from __future__ import annotations
@@ -78,18 +83,33 @@ def calibration(samples: int, tokens: int, seed: int = 0) -> dict:
     return {"input_ids": np.where(mask == 1, ids, 0), "attention_mask": mask}
 
 
-def measure(layers: int, folder: Path, samples: int, tokens: int, extra: list[str]) -> dict:
+def measure(layers: int, folder: Path, samples: int, tokens: int, variants: dict[str, list[str]]) -> dict:
+    """Export the `layers`-layer decoder once and convert it once per variant (extra command arguments)."""
     from quweit.onnxio import write_npz
 
     model = folder / f"decoder{layers}.onnx"
     started = time.monotonic()
     subprocess.run([sys.executable, __file__, "--export-only", str(layers), str(model)], check=True)
     export_seconds = time.monotonic() - started
-    write_npz(folder / "calib.npz", calibration(samples, tokens), force=True)
+    calib = calibration(samples, tokens)
+    write_npz(folder / "calib.npz", calib, force=True)
     model_bytes = sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith(model.name))
-    out, report = folder / f"decoder{layers}.quweit.onnx", folder / f"report{layers}.json"
+    row = {"layers": layers, "model_bytes": model_bytes, "export_seconds": round(export_seconds, 1),
+           "calibration_tokens": int(calib["attention_mask"].sum())}
+    for name, extra in variants.items():
+        row[name] = convert_once(model, folder, model_bytes, extra)
+    for path in folder.iterdir():  # the next size needs the disk space
+        path.unlink()
+    return row
+
+
+def convert_once(model: Path, folder: Path, model_bytes: int, extra: list[str]) -> dict:
+    """Run `quweit-convert` in a fresh process: wall time, CPU time and peak RSS from the operating system,
+    fitting time from its report."""
+    out, report = folder / "converted.onnx", folder / "report.json"
     command = [sys.executable, "-m", "quweit.converter.cli", str(model), "--calib", str(folder / "calib.npz"),
                "-o", str(out), "--report", str(report), "--quiet", "--force", *extra]
+    load = os.getloadavg()[0]
     started = time.monotonic()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(child.pid, 0)
@@ -97,19 +117,18 @@ def measure(layers: int, folder: Path, samples: int, tokens: int, extra: list[st
     stderr = child.stderr.read()
     child.stderr.close()
     if status:
-        raise SystemExit(f"error: quweit-convert failed on {layers} layers (status {status}):\n{stderr[-3000:]}")
+        raise SystemExit(f"error: {' '.join(command)} failed (status {status}):\n{stderr[-3000:]}")
     data = json.loads(report.read_text())
     mlps = data["mlps_replaced"]
     result = {
-        "layers": layers, "mlps": mlps, "model_bytes": model_bytes, "export_seconds": round(export_seconds, 1),
-        "seconds": round(seconds, 2), "seconds_in_command_report": data["seconds"],
-        "seconds_fitting": data["seconds_fitting"], "peak_rss_bytes": usage.ru_maxrss * 1024,
-        "fidelity": data["fidelity"], "calibration_tokens": int(calibration(samples, tokens)["attention_mask"].sum()),
+        "arguments": extra, "mlps": mlps, "seconds": round(seconds, 2), "seconds_fitting": data["seconds_fitting"],
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2), "cpu_seconds_fitting": data["cpu_seconds_fitting"],
+        "peak_rss_bytes": usage.ru_maxrss * 1024, "fidelity": data["fidelity"],
+        "load_average_before": load, "load_average_after": os.getloadavg()[0],
     }
     result["overhead_s_per_mlp"] = round((seconds - data["seconds_fitting"]) / mlps, 3)
+    result["overhead_cpu_s_per_mlp"] = round((result["cpu_seconds"] - data["cpu_seconds_fitting"]) / mlps, 3)
     result["peak_rss_over_model"] = round(result["peak_rss_bytes"] / model_bytes, 3)
-    for path in folder.iterdir():  # the next size needs the disk space
-        path.unlink()
     return result
 
 
@@ -120,7 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, nargs="+", default=list(LAYERS))
     parser.add_argument("--samples", type=int, default=16, help="calibration sequences")
     parser.add_argument("--tokens", type=int, default=128, help="calibration sequence length (padded)")
-    parser.add_argument("--convert-args", default="", help="extra quweit-convert arguments (quoted)")
+    parser.add_argument("--sensitivity-layers", type=int, nargs="*", default=[8, 16],
+                        help="sizes also converted with the per-MLP sensitivity table (quadratic in the MLPs)")
     parser.add_argument("--export-only", nargs=2, metavar=("LAYERS", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.export_only:
@@ -140,15 +160,21 @@ def main(argv: list[str] | None = None) -> dict:
     }
     with tempfile.TemporaryDirectory(prefix="quweit-bench-convert-") as folder:
         for layers in tqdm(args.layers, desc="convert bench", unit="size", file=sys.stderr):
-            row = measure(layers, Path(folder), args.samples, args.tokens, args.convert_args.split())
+            variants = {"conversion": ["--no-sensitivity"]}
+            if layers in args.sensitivity_layers:
+                variants["with_sensitivity"] = []
+            row = measure(layers, Path(folder), args.samples, args.tokens, variants)
             results["sizes"].append(row)
-            print(f"{layers:>3} layers: {row['seconds']:7.1f} s ({row['seconds_fitting']:.1f} s fitting), "
-                  f"{row['overhead_s_per_mlp']:.3f} s/MLP outside fitting, peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB"
-                  f" = {row['peak_rss_over_model']:.2f}x the model ({row['model_bytes'] / 2**20:.0f} MiB)", flush=True)
+            for name in variants:
+                run = row[name]
+                print(f"{layers:>3} layers, {name}: {run['seconds']:7.1f} s ({run['seconds_fitting']:.1f} s fitting), "
+                      f"{run['overhead_s_per_mlp']:.3f} s/MLP outside fitting ({run['overhead_cpu_s_per_mlp']:.3f} CPU s), "
+                      f"peak RSS {run['peak_rss_bytes'] / 2**20:.0f} MiB = {run['peak_rss_over_model']:.2f}x the model "
+                      f"({row['model_bytes'] / 2**20:.0f} MiB), load {run['load_average_before']:.1f}", flush=True)
     for row in results["sizes"]:
         if row["layers"] == 32:
-            results["overhead_s_per_mlp_32"] = row["overhead_s_per_mlp"]
-            results["peak_rss_over_model_32"] = row["peak_rss_over_model"]
+            results["overhead_s_per_mlp_32"] = row["conversion"]["overhead_s_per_mlp"]
+            results["peak_rss_over_model_32"] = row["conversion"]["peak_rss_over_model"]
     finish(results, args.json, args.force)
     return results
 

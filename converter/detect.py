@@ -87,8 +87,8 @@ class Detection:
 
 
 class _Recorder:
-    """Decide callback: remember each MLP once (several commuted rule variants may see the same one) and
-    decline it, so the rules never rewrite; rewriting goes through the handles."""
+    """The rules' callback: remember each MLP once (several commuted rule variants may see the same one),
+    and why other candidates are not MLPs."""
 
     def __init__(self) -> None:
         self.found: dict[str, MlpMatch] = {}
@@ -97,9 +97,8 @@ class _Recorder:
     def reject(self, where: str, reason: str) -> None:
         self.rejected.setdefault(where, reason)
 
-    def __call__(self, mlp: MlpMatch) -> str:
+    def __call__(self, mlp: MlpMatch) -> None:
         self.found.setdefault(mlp.output, mlp)
-        return "detection only"
 
 
 def detect(model: ir.Model) -> Detection:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from onnxscript.rewriter import pattern
 
-from ._base import Decide, MlpRule
+from ._base import MlpRule, Record
 from .activations import ACTIVATION_OPS, activation_fusions, inline_activations
 from .gated import GatedMlp
 from .linear import LINEAR_KINDS
@@ -18,10 +18,10 @@ from .linear_act_linear import LinearActLinear
 LINEAR_VARIANTS = (("matmul", True), ("matmul", False), ("gemm", True), ("reshape_gemm", True))
 
 
-def mlp_rules(decide: Decide) -> pattern.RewriteRuleSet:
+def mlp_rules(record: Record) -> pattern.RewriteRuleSet:
     """Every MLP rule (gated first: its down-projection must not be mistaken for a smaller MLP)."""
     rules = [
-        family.rule(linear=kind, bias=bias, act_op=act_op, decide=decide)
+        family.rule(linear=kind, bias=bias, act_op=act_op, record=record)
         for family in (GatedMlp, LinearActLinear)
         for kind, bias in LINEAR_VARIANTS
         for act_op in ACTIVATION_OPS
@@ -31,10 +31,10 @@ def mlp_rules(decide: Decide) -> pattern.RewriteRuleSet:
 
 __all__ = [
     "LINEAR_KINDS",
-    "Decide",
     "GatedMlp",
     "LinearActLinear",
     "MlpRule",
+    "Record",
     "activation_fusions",
     "inline_activations",
     "mlp_rules",

@@ -1,25 +1,24 @@
-"""What every MLP rule shares: reading a match into an `MlpMatch`, the structural checks, and the rewrite.
+"""What every MLP rule shares: reading a match into an `MlpMatch` and the structural checks.
 
-A rule asks a `Decide` callback what to do with each MLP it matches: the callback returns the block's
-parameters (rewrite) or a reason (leave it, the reason goes to `--explain`). Detection alone is a
-callback that records and declines, so detection and rewrite can never disagree on what matched.
+The rules only find: each MLP a rule matches goes to a `Record` callback (with a handle to its nodes and
+values) and the match is then declined, so the model is never changed by a rule; a reason why a
+candidate is not an MLP goes to the callback's `reject` (for `--explain`). Rewriting happens once per
+chosen MLP, through its handle (`converter.detect.replace_with_block`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter._basics import MatchResult
-from quweit.custom_ops import DOMAIN, OP_TYPE, WeightlessBlockParams
 
 from ..mlp import MlpHandle, MlpMatch
 from .activations import ACTIVATION_OPS
 from .linear import NotALinear, read_linear
 
-Decide = Callable[[MlpMatch], WeightlessBlockParams | str]
+Record = Callable[[MlpMatch], None]
 
 
 class MlpRule(pattern.RewriteRuleClassBase):
@@ -27,14 +26,13 @@ class MlpRule(pattern.RewriteRuleClassBase):
 
     family = ""
 
-    def __init__(self, *, linear: str, bias: bool, act_op: tuple[str, str], decide: Decide) -> None:
+    def __init__(self, *, linear: str, bias: bool, act_op: tuple[str, str], record: Record) -> None:
         # remove_nodes=False: exporters read shapes of MLP intermediates (Shape -> Reshape); those uses
-        # are checked below and the dead nodes are dropped after rewriting.
+        # are checked below, and such nodes stay when the MLP is rewritten.
         name = f"{self.family}[{linear}{'+bias' if bias else ''},{act_op[1]}]"
         super().__init__(name=name, remove_nodes=False)
         self.linear, self.bias, self.act_op = linear, bias, act_op
-        self._decide = decide
-        self._pending: tuple[MlpMatch, WeightlessBlockParams] | None = None
+        self._record = record
 
     # subclasses: {"up": (out_value, w, b), "down": ..., ["gate": ...]}
     def _weights(self, bindings: dict) -> dict[str, tuple]:
@@ -49,15 +47,12 @@ class MlpRule(pattern.RewriteRuleClassBase):
         result = MatchResult()
         found = self._inspect(context, x, bindings)
         if isinstance(found, str):
-            reject = getattr(self._decide, "reject", None)
+            reject = getattr(self._record, "reject", None)
             if reject is not None:
                 reject(context.root.name or context.root.op_type, found)
             return result.fail(found)
-        verdict = self._decide(found)
-        if isinstance(verdict, str):
-            return result.fail(verdict)
-        self._pending = (found, verdict)
-        return result
+        self._record(found)
+        return result.fail("recorded (rules only find; rewriting goes through the MLP's handle)")
 
     def _inspect(self, context, x: ir.Value, bindings: dict) -> MlpMatch | str:
         """The match as an `MlpMatch`, or the reason it is not a transformer MLP."""
@@ -92,12 +87,7 @@ class MlpRule(pattern.RewriteRuleClassBase):
         )
 
     def rewrite(self, op, x: ir.Value, **_):
-        mlp, params = self._pending
-        self._pending = None
-        names = params.initializer_names(f"{mlp.output}.quweit.")
-        inits = [op.initializer(ir.tensor(np.ascontiguousarray(a), name=n), name=n)
-                 for n, a in zip(names, params.arrays().values())]
-        return op.op(OP_TYPE, x, *inits, _domain=DOMAIN, **params.attributes())
+        raise AssertionError("unreachable: check() declines every match")
 
 
 def _in_graph_order(context) -> list[ir.Node]:
