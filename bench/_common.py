@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 from quweit.onnxio import BadInputError, write_json
@@ -38,6 +39,30 @@ def record_timings(results: dict, timings: dict, baseline: str, candidate: str, 
         results[f"{kind}_min_ms_{key}"] = timings[f"{kind}_min"] * 1e3
     results[f"{ratio}_{key}"] = timings[baseline] / timings[candidate]
     results[f"{ratio}_of_min_{key}"] = timings[f"{baseline}_min"] / timings[f"{candidate}_min"]
+
+
+def git_commit() -> str:
+    """The checked-out commit, read from the repository's files (no `git` program: a result records it
+    wherever the benchmark runs); "unknown" outside a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    git = root / ".git"
+    try:
+        if git.is_file():  # a worktree: ".git" names its folder, whose "commondir" holds the shared refs
+            git = (root / git.read_text().split(":", 1)[1].strip()).resolve()
+        common = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").is_file() else git
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        for folder in (git, common):
+            if (folder / ref).is_file():
+                return (folder / ref).read_text().strip()
+        for line in (common / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        pass
+    return "unknown"
 
 
 def refuse_to_clobber(path: str, force: bool) -> None:

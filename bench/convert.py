@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import finish, refuse_to_clobber
+from _common import finish, git_commit, refuse_to_clobber
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": f"random-weight Llama decoder: hidden {HIDDEN}, intermediate {INTERMEDIATE} (SwiGLU), {HEADS} heads, "
                  f"{KV_HEADS} kv heads, vocabulary {VOCAB}; torch dynamo export with external data",
         "calibration": f"{args.samples} sequences x {args.tokens} tokens, right-padded to random lengths",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "git_commit": _commit(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "git_commit": git_commit(),
         "load_average_start": os.getloadavg()[0], "sizes": [],
     }
     with tempfile.TemporaryDirectory(prefix="quweit-bench-convert-") as folder:
@@ -177,14 +177,6 @@ def main(argv: list[str] | None = None) -> dict:
             results["peak_rss_over_model_32"] = row["conversion"]["peak_rss_over_model"]
     finish(results, args.json, args.force)
     return results
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":
