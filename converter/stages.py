@@ -125,7 +125,7 @@ class Stages:
                 if value.shape is None or len(value.shape) != array.ndim:
                     value.shape = ir.Shape([None] * array.ndim)
             model = ir.Model(sub, ir_version=self.model.ir_version, functions=list(self.model.functions.values()))
-            step.session = make_session(model, kernel=self.kernel)
+            step.session = make_session(model, kernel=self.kernel, spinning=False)
         return step.session
 
     def block_session(self, k: int, params, rank: int) -> ort.InferenceSession:
@@ -133,7 +133,8 @@ class Stages:
         key = (k, id(params))
         if key not in self._block_sessions:
             leading = tuple(f"d{i}" for i in range(rank - 1))
-            self._block_sessions[key] = (params, make_session(make_block_model(params, leading), kernel=self.kernel))
+            session = make_session(make_block_model(params, leading), kernel=self.kernel, spinning=False)
+            self._block_sessions[key] = (params, session)
         return self._block_sessions[key][1]
 
     def release(self, upto_mlp: int) -> None:
