@@ -4,65 +4,80 @@ atomic JSON results (through the I/O layer's one writer)."""
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 from quweit.onnxio import BadInputError, write_json
 from quweit.onnxio import refuse_to_clobber as io_refuse
 
 
-def alternate_timings(sessions: dict, feed: dict, seconds: float) -> dict[str, float]:
+def alternate_timings(sessions: dict, feed: dict, seconds: float, *, empty_feed: dict | None = None) -> dict[str, float]:
     """Median seconds per run of each session (and `<kind>_min`), runs interleaved for `seconds` in total,
-    at least 5 runs each, after 3 warm-up runs."""
+    at least 5 runs each, after 3 warm-up runs.
+
+    With `empty_feed` (the same inputs with no tokens) each run is followed by one on it, and
+    `<kind>_fixed` is the median of those: what a run costs that computes nothing (Python, onnxruntime's
+    dispatch of every node, output allocation). `record_timings` subtracts it, so that a few microseconds
+    of compute are not hidden under a run's fixed cost; the ratio is then that of the ops themselves."""
+    feeds = {"": feed} | ({"_fixed": empty_feed} if empty_feed is not None else {})
     for session in sessions.values():
-        for _ in range(3):
-            session.run(None, feed)
-    times = {kind: [] for kind in sessions}
+        for chosen in feeds.values():
+            for _ in range(3):
+                session.run(None, chosen)
+    times = {kind + suffix: [] for kind in sessions for suffix in feeds}
     start = time.perf_counter()
     while time.perf_counter() - start < seconds or min(len(t) for t in times.values()) < 5:
         for kind, session in sessions.items():
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            times[kind].append(time.perf_counter() - t0)
+            for suffix, chosen in feeds.items():
+                t0 = time.perf_counter()
+                session.run(None, chosen)
+                times[kind + suffix].append(time.perf_counter() - t0)
     return {kind: float(np.median(t)) for kind, t in times.items()} | {
-        f"{kind}_min": float(np.min(t)) for kind, t in times.items()}
+        f"{kind}_min": float(np.min(t)) for kind, t in times.items()} | {
+        f"{kind}_runs": len(t) for kind, t in times.items() if not kind.endswith("_fixed")}
 
 
 def record_timings(results: dict, timings: dict, baseline: str, candidate: str, key: str, ratio: str) -> None:
     """Store `alternate_timings` output as ms per side and baseline/candidate ratios under `key`.
 
-    The ratio of medians is the headline; the ratio of fastest runs is what a quiet machine gives.
-    """
+    The ratio of medians is the headline; the ratio of fastest runs is what a quiet machine gives. When
+    fixed costs were measured, times are net of them (`<kind>_run_ms_<key>` keeps the whole run)."""
+    net = {}
     for kind in (baseline, candidate):
-        results[f"{kind}_ms_{key}"] = timings[kind] * 1e3
-        results[f"{kind}_min_ms_{key}"] = timings[f"{kind}_min"] * 1e3
-    results[f"{ratio}_{key}"] = timings[baseline] / timings[candidate]
-    results[f"{ratio}_of_min_{key}"] = timings[f"{baseline}_min"] / timings[f"{candidate}_min"]
+        fixed, fixed_min = timings.get(f"{kind}_fixed", 0.0), timings.get(f"{kind}_fixed_min", 0.0)
+        net[kind] = timings[kind] - fixed
+        net[f"{kind}_min"] = timings[f"{kind}_min"] - fixed_min
+        results[f"{kind}_ms_{key}"] = net[kind] * 1e3
+        results[f"{kind}_min_ms_{key}"] = net[f"{kind}_min"] * 1e3
+        if f"{kind}_fixed" in timings:
+            results[f"{kind}_run_ms_{key}"] = timings[kind] * 1e3
+            results[f"{kind}_fixed_ms_{key}"] = fixed * 1e3
+        if f"{kind}_runs" in timings:
+            results[f"{kind}_runs_{key}"] = timings[f"{kind}_runs"]
+    results[f"{ratio}_{key}"] = net[baseline] / net[candidate]
+    results[f"{ratio}_of_min_{key}"] = net[f"{baseline}_min"] / net[f"{candidate}_min"]
 
 
 def git_commit() -> str:
-    """The checked-out commit, read from the repository's files (no `git` program: a result records it
-    wherever the benchmark runs); "unknown" outside a checkout."""
-    root = Path(__file__).resolve().parents[1]
-    git = root / ".git"
+    """The checkout's commit (with `-dirty` when tracked files differ from it), or `unknown` outside git."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        if git.is_file():  # a worktree: ".git" names its folder, whose "commondir" holds the shared refs
-            git = (root / git.read_text().split(":", 1)[1].strip()).resolve()
-        common = (git / (git / "commondir").read_text().strip()).resolve() if (git / "commondir").is_file() else git
-        head = (git / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head
-        ref = head[5:]
-        for folder in (git, common):
-            if (folder / ref).is_file():
-                return (folder / ref).read_text().strip()
-        for line in (common / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line.split()[0]
-    except OSError:
-        pass
-    return "unknown"
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def cpu_name() -> str:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
 def refuse_to_clobber(path: str, force: bool) -> None:
@@ -74,8 +89,10 @@ def refuse_to_clobber(path: str, force: bool) -> None:
 
 
 def finish(results: dict, json_path: str | None, force: bool) -> None:
-    """Record and print the machine load at the end (noise is part of the result), then save."""
+    """Record and print the machine load at the end (noise is part of the result) and the code's commit,
+    then save."""
     results["load_average_end"] = os.getloadavg()[0]
+    results.setdefault("git_commit", git_commit())
     print(f"load average (1 min) {results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} "
           f"at end on {os.cpu_count()} cores")
     if json_path:

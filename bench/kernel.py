@@ -2,12 +2,15 @@
 
 MiniLM size: dense 384 -> 1536 -> GELU -> 384 (GELU in the exporters' Erf form, so onnxruntime fuses it
 as it would in a real model) against the converter's default block for that size
-(`default_config(384, 384)`), for 128 and 2048 tokens with 1 and 2 intra-op threads. Both sessions
-live in one process and their runs alternate, so load from other processes hits both alike; the ratio
-of medians is reported. Peak memory is measured in fresh child processes: growth of the peak RSS (VmHWM) from just
-before the session is created to the end of five runs (model weights, arenas and activations).
+(`default_config(384, 384)`), for 1, 4, 16, 128 and 2048 tokens (decoding to prefill) with 1 and 2
+intra-op threads. Both sessions live in one process and their runs alternate, so load from other
+processes hits both alike; the ratio of medians is reported. Each run on the tokens is followed by a run
+on an empty batch, whose median (the run's fixed cost: Python, onnxruntime's dispatch of each node,
+about 10 us) is subtracted, so the ratio is that of the ops; the whole runs are recorded too
+(`*_run_ms_*`). Peak memory is measured in fresh child processes: growth of the peak RSS (VmHWM) from
+just before the session is created to the end of five runs (model weights, arenas and activations).
 
-    python bench/kernel.py [--json PATH [--force]] [--seconds S]
+    python bench/kernel.py [--json PATH [--force]] [--seconds S] [--spinning 0|1]
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import platform
 import sys
 
 import numpy as np
@@ -23,10 +25,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from _common import alternate_timings, finish, record_timings, refuse_to_clobber
+from _common import alternate_timings, cpu_name, finish, record_timings, refuse_to_clobber
 
 HIDDEN, INTERMEDIATE = 384, 1536
-TOKENS = (128, 2048)
+TOKENS = (1, 4, 16, 128, 2048)
 THREADS = (1, 2)
 
 
@@ -81,12 +83,15 @@ def block_model() -> onnx.ModelProto:
     return model
 
 
-def make_session(kind: str, threads: int) -> ort.InferenceSession:
+def make_session(kind: str, threads: int, spinning: int = 1) -> ort.InferenceSession:
+    """A session on the dense MLP or the block; `spinning` is onnxruntime's intra-op pool setting (1: its
+    default, idle pool threads spin; 0: they sleep, which leaves a shared machine's cores to others)."""
     from quweit.runtime import make_session as quweit_session
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", str(spinning))
     model = block_model() if kind == "block" else dense_mlp_model()
     return quweit_session(model, threads=threads, options=options)
 
@@ -96,13 +101,16 @@ def inputs(tokens: int) -> np.ndarray:
 
 
 def check_block_exact(session: ort.InferenceSession) -> None:
-    """The benchmarked kernel computes the op: equal to the numpy oracle bit for bit."""
+    """The benchmarked kernel computes the op at every benchmarked token count (each path the kernel
+    picks by count): equal to the numpy oracle bit for bit."""
     from quweit.custom_ops import evaluate
 
-    x = inputs(TOKENS[0])
-    got, want = session.run(None, {"X": x})[0], evaluate(block_params(), x)
-    if not np.array_equal(got.view(np.int32), want.view(np.int32)):
-        raise SystemExit("error: the kernel's output differs from quweit.custom_ops.evaluate; not benchmarking it")
+    for tokens in TOKENS:
+        x = inputs(tokens)
+        got, want = session.run(None, {"X": x})[0], evaluate(block_params(), x)
+        if not np.array_equal(got.view(np.int32), want.view(np.int32)):
+            raise SystemExit(f"error: the kernel's output differs from quweit.custom_ops.evaluate at {tokens} tokens; "
+                             "not benchmarking it")
 
 
 def _memory_kib(field: str) -> int:
@@ -141,18 +149,13 @@ def isa_in_use() -> str:
     return "avx512" if {"avx512f", "avx512bw"} <= set(flags) else "avx2" if "avx2" in flags else "generic"
 
 
-def cpu_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="PATH", help="write the results to this JSON file")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
-    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per (tokens, threads) pair")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per (tokens, threads) pair")
+    parser.add_argument("--spinning", type=int, choices=(0, 1), default=1,
+                        help="onnxruntime's session.intra_op.allow_spinning for both sessions (default 1, its own)")
     args = parser.parse_args(argv)
     if args.json:
         refuse_to_clobber(args.json, args.force)
@@ -163,30 +166,36 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python bench/kernel.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "onnxruntime": ort.__version__, "cpu": cpu_name(), "cores": os.cpu_count(), "isa": isa_in_use(),
         "mlp": f"{HIDDEN}->{INTERMEDIATE}->GELU->{HIDDEN} float32", "block": "default_config(384, 384)",
+        "allow_spinning": args.spinning, "seconds_per_pair": args.seconds,
     }
     # Other processes share the machine: the 1-minute load average says how quiet the run was.
     results["load_average_start"] = os.getloadavg()[0]
     pairs = [(threads, tokens) for threads in THREADS for tokens in TOKENS]
     progress = tqdm(total=len(pairs) + 2, desc="kernel bench", file=sys.stderr)
     for threads in THREADS:
-        sessions = {"mlp": make_session("mlp", threads), "block": make_session("block", threads)}
+        sessions = {kind: make_session(kind, threads, args.spinning) for kind in ("mlp", "block")}
         check_block_exact(sessions["block"])
         for tokens in TOKENS:
-            timings = alternate_timings(sessions, {"X": inputs(tokens)}, args.seconds)
+            timings = alternate_timings(sessions, {"X": inputs(tokens)}, args.seconds, empty_feed={"X": inputs(0)})
             record_timings(results, timings, "mlp", "block", f"{tokens}_{threads}t", "speedup")
             progress.update()
     for kind in ("mlp", "block"):
         results[f"peak_rss_mb_{kind}_2048_1t"] = peak_rss_mb(kind, 2048, 1)
         progress.update()
     progress.close()
+    for tokens in TOKENS:  # time on 2 threads over time on 1 (0.5 = perfect scaling)
+        results[f"thread_ratio_{tokens}"] = results[f"block_ms_{tokens}_2t"] / results[f"block_ms_{tokens}_1t"]
 
     print(f"WeightlessBlock kernel vs dense MLP, onnxruntime {ort.__version__}, {results['cpu']}, ISA {results['isa']}")
-    print(f"{'tokens':>7} {'threads':>7} {'MLP ms':>9} {'block ms':>9} {'speed-up':>9}   (medians; fastest runs: ratio)")
+    print(f"{'tokens':>7} {'threads':>7} {'MLP ms':>9} {'block ms':>9} {'speed-up':>9}   (medians net of a run's fixed "
+          "cost; fastest runs: ratio)")
     for threads, tokens in pairs:
         key = f"{tokens}_{threads}t"
-        print(f"{tokens:>7} {threads:>7} {results[f'mlp_ms_{key}']:>9.3f} {results[f'block_ms_{key}']:>9.3f} "
-              f"{results[f'speedup_{key}']:>8.1f}x   ({results[f'mlp_min_ms_{key}']:.3f} / "
-              f"{results[f'block_min_ms_{key}']:.3f} ms: {results[f'speedup_of_min_{key}']:.1f}x)")
+        print(f"{tokens:>7} {threads:>7} {results[f'mlp_ms_{key}']:>9.4f} {results[f'block_ms_{key}']:>9.4f} "
+              f"{results[f'speedup_{key}']:>8.1f}x   ({results[f'mlp_min_ms_{key}']:.4f} / "
+              f"{results[f'block_min_ms_{key}']:.4f} ms: {results[f'speedup_of_min_{key}']:.1f}x)")
+    print("block time on 2 threads / 1 thread: " + ", ".join(
+        f"{tokens} tokens {results[f'thread_ratio_{tokens}']:.2f}" for tokens in TOKENS))
     print(f"peak RSS growth, 2048 tokens, 1 thread: MLP {results['peak_rss_mb_mlp_2048_1t']:.1f} MB, "
           f"block {results['peak_rss_mb_block_2048_1t']:.1f} MB")
     finish(results, args.json, args.force)

@@ -1,21 +1,22 @@
 """`quweit-convert`: swap a model's transformer MLPs for fitted `WeightlessBlock`s.
 
-Exit codes: 0 converted; 2 bad usage or bad input; 3 valid model with no MLP found. The input is never
-modified and the output appears only when complete.
+Exit codes: 0 converted; 2 bad usage or bad input; 3 valid model with no MLP found; 1 internal error
+(a bug: please report it); 130/143 interrupted. The input is never modified and the outputs (model,
+report) appear only when complete. `--debug` prints the traceback of an error.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
 import sys
 import tempfile
 from pathlib import Path
 
+from quweit.command import naming, run_command
 from quweit.custom_ops import BlockConfig
 from quweit.onnxio import (
-    EXIT_TERMINATED,
-    BadInputError,
-    Terminated,
     atomic_files,
     has_external_data,
     json_text,
@@ -23,11 +24,11 @@ from quweit.onnxio import (
     load_ir,
     model_files,
     refuse_to_clobber,
-    sigterm_unwinds,
     write_model,
 )
 
 from .convert import DEFAULT_FIDELITY_FLOOR, convert
+from .distill import Recipe
 from .errors import EXIT_OK, ConvertError, NoMlpError
 
 
@@ -50,47 +51,97 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--example", choices=["minilm"], help="convert an embedded example: the pretrained "
-                   "all-MiniLM-L6-v2 exported to ONNX, calibrated on real English text shipped with quweit")
+                   "all-MiniLM-L6-v2, exported to ONNX in the current folder, calibrated and distilled on real "
+                   f"English text shipped with quweit (recipe defaults: --bypass-rank {EXAMPLE_RECIPE.bypass_rank} "
+                   f"--reconstruct-steps {EXAMPLE_RECIPE.reconstruct_steps} --distill {EXAMPLE_RECIPE.distill_steps})")
+    r = p.add_argument_group("recipe (any of these turns it on; see converter/distill.py)")
+    r.add_argument("--bypass-rank", type=int, metavar="R", help="a rank-R linear bypass (two MatMuls, "
+                   "2*D*R multiplications per token) beside each block (0: none)")
+    r.add_argument("--reconstruct-steps", type=int, metavar="N", help="gradient steps per block on its "
+                   "captured inputs and outputs, with the earlier blocks converted")
+    r.add_argument("--distill", type=int, metavar="STEPS", help="end-to-end distillation steps against the "
+                   "original model after conversion (on --data, else the calibration samples)")
+    r.add_argument("--data", help="distillation inputs: .npz like --calib (default: the calibration samples)")
+    r.add_argument("--no-train-dense", action="store_true", help="distillation trains only blocks and bypasses, "
+                   "not the weights around them")
     g = p.add_argument_group("block structure (defaults work for hidden sizes 64..4096)")
     g.add_argument("--lut-inputs", type=int, help="n, inputs of each LUT (default 6)")
     g.add_argument("--thresholds", type=int, help="thermometer bits per input feature (default 8)")
     g.add_argument("--luts-per-output", type=int, help="LUTs summed per output (default 8)")
     g.add_argument("--hidden-layers", help="sizes of LUT layers before the last one, e.g. 4096,2048 (default none)")
+    h = p.add_argument_group("blocks designed for hardware (plain op v1 parameters; see hwbackend/README.md)")
+    h.add_argument("--value-bits", type=int, help="signed bits of encoded values and biases (default 16; 4 or 8 "
+                   "make narrow adders)")
+    h.add_argument("--popcount", action="store_true", help="one value per output group (DWN's GroupSum: each LUT "
+                   "adds 0 or 1, the magnitude goes to the output scale): the sum is a popcount in hardware")
+    h.add_argument("--input-bits", type=int, help="bits of the quantized input (default 8; <= 6 makes every "
+                   "thermometer comparator one LUT6)")
     return p
 
 
 def _config(args) -> BlockConfig | None:
     given = {k: v for k, v in {"lut_inputs": args.lut_inputs, "thresholds_per_feature": args.thresholds,
-                                "luts_per_output": args.luts_per_output}.items() if v is not None}
+                                "luts_per_output": args.luts_per_output, "value_bits": args.value_bits,
+                                "input_bits": args.input_bits}.items() if v is not None}
+    if args.popcount:
+        given["popcount"] = True
+    for name, low, high in (("value_bits", 2, 24), ("input_bits", 2, 16)):
+        if name in given and not low <= given[name] <= high:
+            raise ConvertError(f"--{name.replace('_', '-')} {given[name]}: must be in [{low}, {high}]")
     if args.hidden_layers:
         try:
             given["hidden_layers"] = tuple(int(v) for v in args.hidden_layers.split(","))
         except ValueError:
             raise ConvertError(f"--hidden-layers {args.hidden_layers!r}: expected sizes like 4096,2048") from None
     for name, value in given.items():
+        if name == "popcount":
+            continue
         if name != "hidden_layers" and value < 1 or name == "hidden_layers" and min(value) < 1:
             raise ConvertError(f"--{name.replace('_', '-')} {value}: must be >= 1")
     return BlockConfig(**given) if given else None
 
 
+#: The embedded example's recipe: what fits in 10 minutes on 2 cores (examples/results/minilm_ablation.json).
+EXAMPLE_RECIPE = Recipe(bypass_rank=32, reconstruct_steps=100, distill_steps=500)
+#: Glosses for the example's calibration (the last quarter is held out for the fidelity measure) and
+#: distillation (the shipped sample's next ones; its last 256 stay unused, the examples' held-out set).
+EXAMPLE_CALIB, EXAMPLE_DISTILL = 512, 8000
+
+
+def _recipe(args) -> Recipe | None:
+    flags = {"bypass_rank": ("--bypass-rank", args.bypass_rank),
+             "reconstruct_steps": ("--reconstruct-steps", args.reconstruct_steps),
+             "distill_steps": ("--distill", args.distill)}
+    given = {name: value for name, (_, value) in flags.items() if value is not None}
+    for name, value in given.items():
+        if value < 0:
+            raise ConvertError(f"{flags[name][0]} {value}: must be >= 0")
+    if args.no_train_dense:
+        given["train_dense"] = False
+    if args.example:
+        return dataclasses.replace(EXAMPLE_RECIPE, **given)
+    if not given and not args.data:
+        return None
+    return dataclasses.replace(Recipe(reconstruct_steps=0), **given)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return run_command("quweit-convert", _parser(), _explained, argv)
+
+
+def _explained(args) -> int:
     try:
-        with sigterm_unwinds():
-            return _run(args)
-    except (ConvertError, BadInputError) as err:
-        print(f"quweit-convert: error: {err}", file=sys.stderr)
-        if args.explain and isinstance(err, NoMlpError):
+        return _run(args)
+    except NoMlpError as err:
+        if args.explain:
             print("candidates that did not match:" if err.rejected else "no candidates (no Linear layer found)")
             for where, reason in err.rejected:
                 print(f"  {where}: {reason}")
-        return err.exit_code
-    except KeyboardInterrupt as err:
-        print("quweit-convert: interrupted; no output written", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(err, Terminated) else 130
+        raise
 
 
 def _run(args) -> int:
+    recipe = _recipe(args)
     if args.example:
         if args.model:
             raise ConvertError("give either MODEL or --example, not both")
@@ -100,15 +151,21 @@ def _run(args) -> int:
 
             print(f"exporting the pretrained all-MiniLM-L6-v2 to {Path(workdir) / 'minilm.onnx'} ...", flush=True)
             source = minilm.export_minilm(Path(workdir) / "minilm.onnx")
-            calib = minilm.calibration_inputs(minilm.DEFAULT_CALIB_SENTENCES)
-            print(f"calibration: {minilm.DEFAULT_CALIB_SENTENCES} WordNet glosses (real English text)", flush=True)
-            return _convert(args, source, calib)
+            calib = minilm.calibration_inputs(EXAMPLE_CALIB)
+            print(f"calibration: {EXAMPLE_CALIB} WordNet glosses (real English text; the last quarter held out)",
+                  flush=True)
+            data = None
+            if recipe.distill_steps and not args.data:
+                data = minilm.calibration_inputs(EXAMPLE_DISTILL, offset=EXAMPLE_CALIB)
+                print(f"distillation: {recipe.distill_steps} steps of {recipe.distill_batch} glosses, drawn from "
+                      f"{EXAMPLE_DISTILL} others", flush=True)
+            return _convert(args, source, calib, recipe, data)
     if not args.model:
         raise ConvertError("no MODEL given (or use --example minilm)")
-    return _convert(args, Path(args.model), None)
+    return _convert(args, Path(args.model), None, recipe, None)
 
 
-def _convert(args, source: Path, calib) -> int:
+def _convert(args, source: Path, calib, recipe: Recipe | None, data) -> int:
     output = Path(args.output) if args.output else source.with_name(
         (source.name.removesuffix(".onnx")) + ".quweit.onnx")
     refuse_to_clobber([output, *([args.report] if args.report else [])], args.force)
@@ -116,13 +173,16 @@ def _convert(args, source: Path, calib) -> int:
         raise ConvertError(f"output {output} is the input; choose another -o")
     config = _config(args)
     model = load_ir(source, upgrade=True)
-    if args.calib:
+    if args.calib:  # the data's errors name the data's file
         calib = load_inputs(args.calib, model, f"--calib {args.calib}")
-    converted, report = convert(
-        model, calib=calib, layers=args.layers, config=config, budget_seconds=args.budget, seed=args.seed,
-        progress=not args.quiet, fidelity_floor=args.fidelity_floor, sequential=not args.local,
-        sensitivity=not args.no_sensitivity,
-    )
+    if args.data:
+        data = load_inputs(args.data, model, f"--data {args.data}")
+    with naming(source):  # errors found deep inside (an MLP, a node) still name the file
+        converted, report = convert(
+            model, calib=calib, layers=args.layers, config=config, budget_seconds=args.budget, seed=args.seed,
+            progress=not args.quiet, fidelity_floor=args.fidelity_floor, sequential=not args.local,
+            sensitivity=not args.no_sensitivity, recipe=recipe, distill_data=data,
+        )
     from .report import format_table
 
     report["output"] = str(output)
@@ -136,6 +196,10 @@ def _convert(args, source: Path, calib) -> int:
     print(f"wrote {output}")
     if args.report:
         print(f"wrote {args.report}")
+    if args.example:
+        print(f"the converted model is {output.resolve()}; run it:\n"
+              f"  python -m quweit.converter.minilm {shlex.quote(str(output))} \"a sentence to embed\" "
+              "\"another sentence\"")
     return EXIT_OK
 
 

@@ -10,10 +10,15 @@ Everything happens on one in-memory (onnx-ir) model: calibration data streams th
 block is written into the model through its handle as soon as it is fitted. The stream that carries the
 held-out data through the converted MLPs gives the final fidelity at the end; no step re-serialises the
 model or builds a session of the whole model.
+
+With a `recipe` (`distill.Recipe`), the chosen MLPs are replaced sequentially by block + low-rank bypass,
+each reconstructed by gradient on captured pairs of the model with the earlier ones converted, and then
+`recipe.distill_steps` end-to-end steps train the converted model against the original.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -21,11 +26,13 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from quweit.custom_ops import BlockConfig, WeightlessBlockParams, default_config
-from quweit.onnxio import check_inputs
+from quweit.onnxio import ONNXRUNTIME_ERRORS, Run, check_inputs
 from tqdm.auto import tqdm
 
 from . import calibrate, costs
-from .detect import Detection, detect, finish, fuse, normalise, replace_with_block
+from .bypass import as_replacement
+from .detect import Detection, detect, finish, normalise, replace_with_block
+from .distill import Recipe, distill, fit_sequential
 from .errors import BadInputError, NoMlpError
 from .mlp import MlpMatch
 from .stages import Stages, Stream
@@ -43,8 +50,8 @@ def replace_mlps(model: onnx.ModelProto | ir.Model, params_for: ParamsFor | None
     of a converted model's speed, not its quality). Returns (model of the kind given, report).
     """
     prepared = normalise(model)
-    before = costs.counts(prepared)  # before activations are fused into functions (their constants with them)
-    detection = detect(fuse(prepared))
+    before = costs.counts(prepared)
+    detection = detect(prepared)
     if params_for is None:
         rng = np.random.default_rng(0)
 
@@ -97,19 +104,25 @@ def convert(
     sequential: bool = True,
     sensitivity: bool = True,
     fit: Callable | None = None,
+    recipe: Recipe | None = None,
+    distill_data: dict[str, np.ndarray] | None = None,
 ) -> tuple[onnx.ModelProto | ir.Model, dict]:
     """The converted model (blocks + their decomposition; a proto for a proto, an onnx-ir model - the
-    same one, rewritten in place - for an onnx-ir model) and the report (see `build_report`)."""
+    same one, rewritten in place - for an onnx-ir model) and the report (see `build_report`).
+
+    With a `recipe`, `recipe.distill_steps` end-to-end steps train the converted model against the
+    original on `distill_data` (default: the calibration samples that are not held out for the fidelity
+    measure); the result is then a proto.
+    """
     from .fitting import fit_block
 
     started, cpu = time.monotonic(), time.process_time()
     prepared = normalise(model)
-    before = costs.counts(prepared)  # before activations are fused into functions (their constants with them)
-    detection = detect(fuse(prepared))
+    before = costs.counts(prepared)
+    detection = detect(prepared)
     mlps = detection.mlps
     if not mlps:
-        raise NoMlpError("no MLP found in the model (--explain says why candidates did not match)",
-                         detection.rejected)
+        raise NoMlpError(detection.no_mlp_message(), detection.rejected)
     selection = parse_layers(layers, len(mlps))
     synthetic = calib is None
     if synthetic:
@@ -123,25 +136,38 @@ def convert(
     per_fit = None if budget_seconds is None else max(0.0, budget_seconds) / max(1, most_fits)
     fitting = _Fitter(fit or fit_block, config, per_fit, seed, mlps)
 
+    distilled = None
     with tqdm(total=0, desc="fitting blocks", unit="block", disable=not progress) as bar:
         fitting.bar = bar
         stages = Stages(prepared, mlps)
+        first = None
+        if selection == "auto" or (recipe is not None and need_local):
+            first = _first_run(_Pass(stages, fit_runs, held_out, fitting, local=need_local, sensitivity=True).run)
         if selection == "auto":
-            first = _Pass(stages, fit_runs, held_out, fitting, local=need_local, sensitivity=True).run()
             order = _auto_select(stages, held_out, first, fidelity_floor)
             chosen_idx = [k for k in range(len(mlps)) if k in order]
-            final = _Pass(stages, fit_runs, held_out, fitting, chosen=chosen_idx, sequential=sequential,
-                          local_blocks=first.local, reference=first.reference, rewrite=True).run()
-            local, scores, reference = first.local, first.scores, first.reference
         else:
             chosen_idx = list(range(len(mlps))) if selection == "all" else selection
-            final = _Pass(stages, fit_runs, held_out, fitting, chosen=chosen_idx, sequential=sequential,
-                          local=need_local, sensitivity=sensitivity, rewrite=True).run()
-            local, scores, reference = final.local, final.scores, final.reference
-        del local
-    chosen = {mlps[k].output: final.blocks[k] for k in chosen_idx}
-    fidelity = calibrate.fidelity(reference, final.converted) if chosen else 1.0
-    finish(prepared)
+        if recipe is not None:
+            reference = first.reference if first is not None else _first_run(Stream(stages, held_out).finish)
+            scores = first.scores if first is not None else {}
+            stages.release(len(mlps) - 1)
+            chosen, converted, distilled = _with_recipe(
+                prepared, [mlps[k] for k in chosen_idx], fit_runs, config, recipe, seed, bar, distill_data, progress)
+            fidelity = calibrate.fidelity(reference, calibrate.outputs(converted, held_out)) if chosen else 1.0
+        else:
+            if first is not None:
+                final = _Pass(stages, fit_runs, held_out, fitting, chosen=chosen_idx, sequential=sequential,
+                              local_blocks=first.local, reference=first.reference, rewrite=True).run()
+                scores, reference = first.scores, first.reference
+            else:
+                final = _first_run(_Pass(stages, fit_runs, held_out, fitting, chosen=chosen_idx, sequential=sequential,
+                                         local=need_local, sensitivity=sensitivity, rewrite=True).run)
+                scores, reference = final.scores, final.reference
+            chosen = {mlps[k].output: final.blocks[k] for k in chosen_idx}
+            fidelity = calibrate.fidelity(reference, final.converted) if chosen else 1.0
+            finish(prepared)
+            converted = prepared
     reasons = {m.output: ("below the fidelity floor" if selection == "auto" else "not selected")
                for m in mlps if m.output not in chosen}
     report = build_report(before, prepared, detection, chosen, reasons,
@@ -154,12 +180,51 @@ def convert(
         "calibration": "synthetic (random inputs from the graph's input types)" if synthetic else "given",
         "calibration_samples": int(next(iter(calib.values())).shape[0]),
         "sequential": sequential,
+        "recipe": recipe.summary() if recipe is not None else None,
+        "distillation": distilled,
         "seconds": round(time.monotonic() - started, 1),
         "seconds_fitting": round(fitting.seconds, 1),
         "cpu_seconds": round(time.process_time() - cpu, 1),  # all threads: onnxruntime runs on two
         "cpu_seconds_fitting": round(fitting.cpu_seconds, 1),
     })
-    return _kind_of(model, prepared), report
+    return (converted if recipe is not None else _kind_of(model, prepared)), report
+
+
+def _first_run(run: Callable):
+    """`run()`, the first run of the user's model: onnxruntime refusing it is bad input, not a bug."""
+    try:
+        return run()
+    except ONNXRUNTIME_ERRORS as err:
+        raise BadInputError(f"onnxruntime cannot run the model: {str(err).strip().splitlines()[0]}") from err
+
+
+def _with_recipe(prepared: ir.Model, chosen_mlps: list[MlpMatch], fit_runs: list[Run], config, recipe: Recipe,
+                 seed: int, bar, distill_data, progress: bool) -> tuple[dict, onnx.ModelProto, dict | None]:
+    """The recipe's replacements (sequential reconstruction on captured pairs), written into the model,
+    then its distillation against the original: (chosen, converted proto, distillation summary)."""
+    bar.total += len(chosen_mlps)
+    bar.refresh()
+    bar.set_postfix_str("sequential reconstruction")
+    original = ir.serde.serialize_model(prepared)
+    chosen = fit_sequential(original, chosen_mlps, fit_runs, lambda m: config or default_config(m.d_in, m.d_out),
+                            recipe, seed=seed, on_done=lambda m: bar.update(1))
+    for mlp in chosen_mlps:
+        replace_with_block(prepared, mlp, chosen[mlp.output])
+    converted = ir.serde.serialize_model(finish(prepared))
+    if not (recipe.distill_steps and chosen):
+        return chosen, converted, None
+    data = distill_data if distill_data is not None else _stack(fit_runs)
+    tick = time.monotonic()
+    converted, losses = distill(converted, original, data, recipe, seed=seed, progress=progress)
+    return chosen, converted, {"steps": len(losses), "seconds": round(time.monotonic() - tick, 1),
+                               "load_average": [round(v, 2) for v in os.getloadavg()],
+                               "samples": int(next(iter(data.values())).shape[0]),
+                               "loss_first_last": [losses[0], losses[-1]] if losses else None}
+
+
+def _stack(runs: list[Run]) -> dict[str, np.ndarray]:
+    """The real samples of calibration runs (slices of the same arrays) back into one array per input."""
+    return {name: np.concatenate([r.feeds[name][:r.rows] for r in runs]) for name in runs[0].feeds}
 
 
 class _Fitter:
@@ -172,6 +237,10 @@ class _Fitter:
 
     def __call__(self, k: int, x: np.ndarray, y: np.ndarray) -> WeightlessBlockParams:
         mlp = self.mlps[k]
+        for what, value in (("input", x), ("output", y)):
+            if not np.isfinite(value).all():
+                raise BadInputError(f"MLP {k} ({mlp.output}): its {what} is NaN or infinite on the calibration "
+                                    "data (check the model's weights and the --calib inputs)")
         cfg = self.config or default_config(mlp.d_in, mlp.d_out)
         self.bar.set_postfix_str(f"MLP {k} on {len(x)} tokens")
         started, cpu = time.monotonic(), time.process_time()
@@ -301,7 +370,8 @@ def build_report(before: dict, converted: ir.Model, detection: Detection, chosen
     return {
         "mlps_found": len(detection.mlps),
         "mlps_replaced": len(chosen),
-        **costs.totals(before, converted, list(chosen.values())),
+        **costs.totals(before, converted, [as_replacement(v).block for v in chosen.values()]),
+        "bypass_macs": sum(r.bypass.macs for r in map(as_replacement, chosen.values()) if r.bypass is not None),
         "mlps": rows,
         "not_matched": [{"node": w, "reason": r} for w, r in detection.rejected],
     }

@@ -1,9 +1,9 @@
 """Counting what a conversion saves: parameters and multiply-accumulates per token, whole model.
 
-MACs count every MatMul/Gemm with a constant 2-D weight (`rows * cols` per token) and, for each block,
-its `D_in + D_out` scale multiplications. Activation x activation products (attention scores) depend on
-the sequence length and are left out of both sides. Counted on the one in-memory model, before and
-after its rewrites.
+MACs count every Linear - MatMul/Gemm/MatMulInteger with a constant 2-D weight, float or quantized
+(behind a `DequantizeLinear`) - as `rows * cols` per token and, for each block, its `D_in + D_out` scale
+multiplications. Activation x activation products (attention scores) depend on the sequence length and
+are left out of both sides. Counted on the one in-memory model, before and after its rewrites.
 """
 
 from __future__ import annotations
@@ -13,14 +13,29 @@ import math
 import onnx_ir as ir
 from quweit.custom_ops import WeightlessBlockParams
 
+LINEAR_OPS = ("MatMul", "Gemm", "MatMulInteger")
+
+
+def linear_weight(node: ir.Node) -> ir.TensorProtocol | None:
+    """The constant weight of a Linear node (also behind a QDQ `DequantizeLinear`), else None."""
+    if node.op_type not in LINEAR_OPS or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+        return None
+    weight = node.inputs[1]
+    if weight is None:
+        return None
+    source = weight.producer()
+    if weight.const_value is None and source is not None and source.op_type == "DequantizeLinear" \
+            and source.inputs and source.inputs[0] is not None:
+        weight = source.inputs[0]
+    return weight.const_value
+
 
 def weight_macs(model: ir.Model) -> int:
     total = 0
     for node in model.graph:
-        if node.op_type in ("MatMul", "Gemm") and node.domain == "" and len(node.inputs) > 1:
-            weight = node.inputs[1]
-            if weight is not None and weight.const_value is not None and len(weight.const_value.shape) == 2:
-                total += math.prod(weight.const_value.shape.numpy())
+        weight = linear_weight(node)
+        if weight is not None and len(weight.shape) == 2:
+            total += math.prod(weight.shape.numpy())
     return total
 
 

@@ -22,6 +22,7 @@ import onnx
 import torch
 import torch.distributed as dist
 from quweit.onnxio import (
+    ONNXRUNTIME_ERRORS,
     BadInputError,
     atomic_output,
     check_inputs,
@@ -32,6 +33,7 @@ from quweit.onnxio import (
     runs,
 )
 
+from .errors import FinetuneError
 from .onnx_torch import OnnxGraphModule, write_back
 
 LABELS = "labels"
@@ -49,10 +51,13 @@ class FinetuneOptions:
     mask_input: str | None = "attention_mask"  # distil only real tokens when this input is present
     train_dense: bool = False  # also train the float initializers around the blocks (attention, norms, ...)
     dense_lr: float = 1e-4
+    bypass_lr: float = 1e-3  # low-rank linear bypasses beside the blocks (converter.bypass), always trained
     table_magnitude: float = 0.25  # |entry| of fitted tables: small enough that EFD can flip them
     budget_seconds: float | None = None
     trim_padding: bool = True  # drop sequence positions that are padding in every row of the batch
     schedule: str = "constant"  # or "cosine": every learning rate decays to 0 over the steps or the budget
+    warmup_steps: int = 0  # every learning rate rises linearly from 0 over the first steps (Adam's first
+    # updates are about lr in size whatever the gradient: without warm-up they jolt all pretrained weights)
 
 
 def check_data(data: Mapping[str, np.ndarray], model, *, source: str = "data") -> int:
@@ -90,7 +95,7 @@ def schedule_factor(schedule: str, progress: float) -> float:
         return 1.0
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-    raise ValueError(f"unknown learning-rate schedule '{schedule}' (constant, cosine)")
+    raise FinetuneError(f"unknown learning-rate schedule '{schedule}' (constant, cosine)")
 
 
 def _rank_world() -> tuple[int, int]:
@@ -100,27 +105,98 @@ def _rank_world() -> tuple[int, int]:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    with atomic_output(path, force=True) as tmp:
-        torch.save(obj, tmp)
+    with atomic_output(path, force=True) as tmp, open(tmp, "wb") as handle:
+        writer = _RecordingWriter(handle)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:  # a full disk: torch reports it as its own RuntimeError
+                raise writer.error from None
+            raise
+
+
+class _RecordingWriter:
+    """A file for torch.save that keeps the OSError of a failed write (torch turns it into a RuntimeError
+    about stream positions, which would hide a full disk behind an internal error)."""
+
+    def __init__(self, handle) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+#: What `_save_checkpoint` writes; `load_checkpoint` requires every key.
+CHECKPOINT_KEYS = ("step", "losses", "seconds", "model", "optimizer", "generator")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by `_save_checkpoint`, read with `weights_only=True`: tensors, dicts, lists,
+    numbers and strings only, so a crafted file cannot run code (it is a user's file)."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # torch raises many types for a file that is not a checkpoint
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FinetuneError(f"--resume {path}: not a readable quweit-finetune checkpoint ({first})") from err
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise FinetuneError(f"--resume {path}: not a quweit-finetune checkpoint (missing {missing})")
+    if not isinstance(state["step"], int) or state["step"] < 0:
+        raise FinetuneError(f"--resume {path}: step {state['step']!r} is not a count of steps")
+    return state
+
+
+def _resume(path: Path, graph: torch.nn.Module, optimizer, generator: np.random.Generator) -> tuple[int, list, float]:
+    """Restore model, optimizer and sampler from a checkpoint; (step, losses, seconds) to continue from."""
+    state = load_checkpoint(path)
+    try:
+        graph.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.bit_generator.state = state["generator"]
+        return state["step"], [float(v) for v in state["losses"]], float(state["seconds"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FinetuneError(f"--resume {path}: the checkpoint does not belong to this model and these options "
+                            f"({first})") from err
 
 
 class Teacher:
     """The original model in onnxruntime (one thread per process: ranks share the cores), run in as many
     runs as its declared input shapes need (a static batch of 1: one row at a time)."""
 
-    def __init__(self, model_path: str | Path, threads: int = 1) -> None:
-        self.model = load_ir(model_path)
-        self.session = make_session(self.model, kernel=None, threads=threads)
+    def __init__(self, model: str | Path | onnx.ModelProto, threads: int = 1) -> None:
+        self.path = "the teacher model" if isinstance(model, onnx.ModelProto) else model
+        self.model = load_ir(model) if not isinstance(model, onnx.ModelProto) else model
+        try:
+            self.session = make_session(self.model, kernel=None, threads=threads)
+        except ONNXRUNTIME_ERRORS as err:
+            raise FinetuneError(f"--teacher {self.path}: onnxruntime cannot load it: {_first_line(err)}") from err
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        rows = len(next(iter(feeds.values())))
-        parts = runs(self.model, feeds, rows)
-        if len(parts) == 1 and parts[0].rows == rows:
-            return self.session.run(None, parts[0].feeds)
-        outputs = [self.session.run(None, part.feeds) for part in parts]
+        try:  # the user's model on the user's data: a refusal is bad input
+            rows = len(next(iter(feeds.values())))
+            parts = runs(self.model, feeds, rows)
+            if len(parts) == 1 and parts[0].rows == rows:
+                return self.session.run(None, parts[0].feeds)
+            outputs = [self.session.run(None, part.feeds) for part in parts]
+        except ONNXRUNTIME_ERRORS as err:
+            raise FinetuneError(f"--teacher {self.path}: onnxruntime cannot run it on the data: "
+                                f"{_first_line(err)}") from err
         return [np.concatenate([out[k][: part.rows] for out, part in zip(outputs, parts)])
                 for k in range(len(self.output_names))]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, variance: float,
@@ -164,33 +240,32 @@ def finetune(
 
     rows = check_data(data, student)
     if teacher is None and LABELS not in data:
-        raise ValueError(f"no teacher and no '{LABELS}' array: nothing to train against")
+        raise FinetuneError(f"no teacher and no '{LABELS}' array: nothing to train against")
     rank, world = _rank_world()
     if options.batch_size % world:
-        raise ValueError(f"batch size {options.batch_size} is not divisible by the {world} processes")
+        raise FinetuneError(f"batch size {options.batch_size} is not divisible by the {world} processes")
     local = options.batch_size // world
     torch.manual_seed(options.seed)
     graph = OnnxGraphModule(student, train_dense=options.train_dense, candidates=options.candidates,
                            table_magnitude=options.table_magnitude, seed=options.seed).train()
     if not len(graph.blocks):
-        raise ValueError("the student model holds no WeightlessBlock nodes to train")
+        raise FinetuneError("the student model holds no WeightlessBlock nodes to train")
     blocks = graph.blocks
     tables = [p for b in blocks.values() for p in (*b.tables, *b.mapping_weights)]
     values = [p for b in blocks.values() for p in (b.encoded_values, b.bias)]
     model = torch.nn.parallel.DistributedDataParallel(graph, forward_sync_buffers=False) if world > 1 else graph
     groups = [{"params": tables, "lr": options.lr}, {"params": values, "lr": options.value_lr}]
-    if len(graph.dense):
-        groups.append({"params": list(graph.dense.values()), "lr": options.dense_lr})
+    bypass = [graph.dense[k] for k in graph.bypass_keys]
+    dense = [p for k, p in graph.dense.items() if k not in graph.bypass_keys]
+    for params, lr in ((bypass, options.bypass_lr), (dense, options.dense_lr)):
+        if params:
+            groups.append({"params": params, "lr": lr})
     optimizer = torch.optim.Adam(groups)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a checkpoint's (scheduled) ones
     generator = np.random.default_rng(options.seed)
     step, losses, elapsed = 0, [], 0.0
     if resume is not None:
-        state = torch.load(resume, weights_only=False)
-        graph.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.bit_generator.state = state["generator"]
-        step, losses, elapsed = state["step"], list(state["losses"]), float(state.get("seconds", 0.0))
+        step, losses, elapsed = _resume(resume, graph, optimizer, generator)
     names = [n for n in data if n != LABELS]
     variance = 1.0
     if teacher is not None:
@@ -214,7 +289,8 @@ def finetune(
                 break
             progress_made = max(progress_made, elapsed / options.budget_seconds)
         for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * schedule_factor(options.schedule, progress_made)
+            warm = min(1.0, (step + 1) / options.warmup_steps) if options.warmup_steps else 1.0
+            group["lr"] = base * warm * schedule_factor(options.schedule, progress_made)
         batch = generator.choice(rows, size=options.batch_size, replace=rows < options.batch_size)
         mine = batch[rank * local:(rank + 1) * local]
         feeds = {n: np.ascontiguousarray(data[n][mine]) for n in names}

@@ -15,6 +15,10 @@ import os
 import sys
 from pathlib import Path
 
+from quweit.command import naming, run_command
+
+from .errors import FinetuneError
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quweit-finetune", description=__doc__.split("\n\n")[0])
@@ -30,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-dense", action="store_true",
                         help="also train the model's other float weights (written back too)")
     parser.add_argument("--dense-lr", type=float, default=1e-4, help="learning rate of the other weights")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up over these steps")
+    parser.add_argument("--bypass-lr", type=float, default=1e-3,
+                        help="learning rate of the low-rank linear bypasses beside blocks (trained when present)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget-seconds", type=float,
                         help="stop after this much training time in all (a resumed run counts the time before)")
@@ -47,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _positive(name: str, value: float | None) -> None:
     if value is not None and value <= 0:
-        raise ValueError(f"--{name} must be > 0, got {value}")
+        raise FinetuneError(f"--{name} must be > 0, got {value}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,13 +68,14 @@ def run(args: argparse.Namespace) -> int:
     output = args.output or args.model.with_name(args.model.name.removesuffix(".onnx") + ".finetuned.onnx")
     if output.resolve() in {args.model.resolve(), args.data.resolve()} | (
             {args.teacher.resolve()} if args.teacher else set()):
-        raise ValueError(f"output {output} would overwrite an input")
+        raise FinetuneError(f"output {output} would overwrite an input")
     if output.exists() and not args.force:
-        raise ValueError(f"output {output} exists; pass --force to overwrite it")
+        raise FinetuneError(f"output {output} exists; pass --force to overwrite it")
     for path in (args.model, args.data, args.teacher, args.resume):
         if path is not None and not path.is_file():
-            raise ValueError(f"{path}: no such file")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+            raise FinetuneError(f"{path}: no such file")
+    owns_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    if owns_group:  # a caller that set up its own process group (a training script under torchrun) keeps it
         dist.init_process_group("gloo")
     data = load_arrays(args.data, f"--data {args.data}")
     student = load_model(args.model)
@@ -75,34 +83,25 @@ def run(args: argparse.Namespace) -> int:
     options = FinetuneOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, value_lr=args.value_lr,
                               seed=args.seed, candidates=args.candidates, checkpoint_every=args.checkpoint_every,
                               budget_seconds=args.budget_seconds, train_dense=args.train_dense,
-                              dense_lr=args.dense_lr, schedule=args.schedule,
+                              dense_lr=args.dense_lr, bypass_lr=args.bypass_lr, schedule=args.schedule,
+                              warmup_steps=args.warmup_steps,
                               trim_padding=not args.no_trim_padding)
     checkpoint = args.checkpoint or output.with_name(output.name + ".ckpt")
-    trained, losses = finetune(student, data, teacher=teacher, options=options, checkpoint=checkpoint,
-                               resume=args.resume, progress=not args.no_progress)
+    with naming(args.model):
+        trained, losses = finetune(student, data, teacher=teacher, options=options, checkpoint=checkpoint,
+                                   resume=args.resume, progress=not args.no_progress)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
         save_model(trained, output, force=args.force)
         first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
         print(f"trained {len(losses)} steps: loss {first:.4f} -> {last:.4f}; wrote {output} (checkpoint {checkpoint})")
-    if dist.is_initialized():
+    if owns_group:
         dist.destroy_process_group()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from quweit.onnxio import EXIT_TERMINATED, Terminated, sigterm_unwinds
-
-    args = build_parser().parse_args(argv)
-    try:
-        with sigterm_unwinds():
-            return run(args)
-    except ValueError as err:  # WeightlessBlockError and bad inputs: one clear line, non-zero exit
-        print(f"quweit-finetune: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as err:
-        print("quweit-finetune: interrupted; no output written (the last checkpoint is kept)", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(err, Terminated) else 130
+    return run_command("quweit-finetune", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

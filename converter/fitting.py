@@ -1,6 +1,6 @@
 """Distil one `WeightlessBlock` from captured (input, output) pairs of an MLP.
 
-`fit_block` is the converter's entry point: a closed-form start (`custom_ops.closed_form`), then, when a
+`fit_block` is the converter's entry point: a closed-form start (`closed_form`), then, when a
 step or time budget allows, EFD training of the torch shim on a loss that suits regression targets.
 The better of the two on held-out pairs is returned, so training never makes a fit worse.
 """
@@ -10,13 +10,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from quweit.custom_ops.closed_form import closed_form_params, quantize_values, solve_values
 from quweit.custom_ops.config import BlockConfig
 from quweit.custom_ops.params import WeightlessBlockParams
 from quweit.custom_ops.reference import evaluate
 
-#: Pairs used by the closed form (it holds all thermometer bits in memory).
-CLOSED_FORM_SAMPLES = 20000
+from .closed_form import CLOSED_FORM_SAMPLES, closed_form_params, fit_values
 
 
 def _check_pairs(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +57,7 @@ def fit_block(
         return params
     return train_block(
         params, x, y, budget_seconds=budget_seconds, max_steps=max_steps, seed=seed, progress=progress,
-        **train_options,
+        config=config, **train_options,
     )
 
 
@@ -69,16 +67,24 @@ def holdout_error(params: WeightlessBlockParams, x: np.ndarray, y: np.ndarray) -
     return float(((residual**2).mean(0) / np.maximum(y.var(0), 1e-12)).mean())
 
 
-def refit_values(params: WeightlessBlockParams, x: np.ndarray, y: np.ndarray) -> WeightlessBlockParams:
-    """Same tables and mapping; encoded values, biases and output scales re-solved by least squares."""
+def refit_values(params: WeightlessBlockParams, x: np.ndarray, y: np.ndarray,
+                 config: BlockConfig | None = None) -> WeightlessBlockParams:
+    """Same mapping and tables (the popcount form may invert last-layer tables); encoded values, biases
+    and output scales re-solved by least squares in `config`'s value form (default: 16-bit values)."""
     from quweit.custom_ops.reference import lut_layers, quantize_inputs, thermometer
 
     chunk = 2048  # the reference gathers [rows, L, n] int64: bound its memory
     bits = np.concatenate([lut_layers(params, thermometer(params, quantize_inputs(params, x[i:i + chunk])))
                            for i in range(0, len(x), chunk)])
-    values, bias = solve_values(bits, y, params.group_size)
-    v, b, scale = quantize_values(values, bias, params.group_size, value_bits=16)
-    return params.replace(encoded_values=v, bias=b, output_scale=scale)
+    config = config or BlockConfig()
+    v, b, scale, flip = fit_values(bits, y, params.group_size, value_bits=config.value_bits, popcount=config.popcount)
+    tables = params.tables.copy()
+    last = np.flatnonzero(flip) + params.layer_offsets[-1]
+    entries = 1 << params.lut_inputs
+    for w in range(params.words_per_table):  # invert the 2^n used bits of each flipped table
+        used = min(64, entries - 64 * w)
+        tables[last, w] ^= np.uint64((1 << used) - 1) if used < 64 else np.uint64(2**64 - 1)
+    return params.replace(tables=tables, encoded_values=v, bias=b, output_scale=scale)
 
 
 def train_block(
@@ -95,6 +101,7 @@ def train_block(
     value_lr: float = 1e-2,
     candidates: int = 1,
     holdout: float = 0.1,
+    config: BlockConfig | None = None,
 ) -> WeightlessBlockParams:
     """EFD training of `params` on `(x, y)`, then a least-squares refit of the values; best on held-out pairs.
 
@@ -143,6 +150,9 @@ def train_block(
     bar.close()
 
     trained = module.to_params(node=params.node)
-    candidates_found = [params, trained, refit_values(trained, x[train][: CLOSED_FORM_SAMPLES], y[train][: CLOSED_FORM_SAMPLES])]
+    refit = refit_values(trained, x[train][: CLOSED_FORM_SAMPLES], y[train][: CLOSED_FORM_SAMPLES], config)
+    # training moves values freely: in a narrow or popcount value form only the refit keeps the form
+    free_form = config is None or (config.value_bits >= 16 and not config.popcount)
+    candidates_found = [params, trained, refit] if free_form else [params, refit]
     errors = [holdout_error(p, x_hold, y_hold) for p in candidates_found]
     return candidates_found[int(np.argmin(errors))]

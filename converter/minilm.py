@@ -54,15 +54,21 @@ def calibration_inputs(n: int, offset: int = 0) -> dict[str, np.ndarray]:
     return tokenize(texts[offset:offset + n])
 
 
+def pretrained_bert():
+    """The pretrained BERT of all-MiniLM-L6-v2 as a transformers module."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(model_path())
+
+
 def _encoder():
     """The BERT encoder with positional inputs and `last_hidden_state` as its one output (torch built lazily)."""
     import torch
-    from transformers import AutoModel
 
     class Encoder(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.bert = AutoModel.from_pretrained(model_path())
+            self.bert = pretrained_bert()
 
         def forward(self, input_ids, attention_mask, token_type_ids):
             return self.bert(input_ids=input_ids, attention_mask=attention_mask,
@@ -71,19 +77,23 @@ def _encoder():
     return Encoder().eval()
 
 
-def export_minilm(path: str | os.PathLike) -> Path:
-    """Export the pretrained encoder to `path` (opset 18, TorchScript exporter, dynamic batch/sequence)."""
+def export_minilm(path: str | os.PathLike, module=None, output: str = "last_hidden_state",
+                  output_axes: dict[int, str] | None = None) -> Path:
+    """Export the pretrained encoder (or `module`, same inputs) to `path` (opset 18, TorchScript exporter,
+    dynamic batch/sequence); its one output is named `output` with dynamic `output_axes`."""
     import torch
 
     path = Path(path)
     example = tokenize(["a small example sentence", "another one"])
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    module = _encoder() if module is None else module.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _encoder(), tuple(torch.from_numpy(example[n]) for n in INPUT_NAMES), str(path),
-            input_names=list(INPUT_NAMES), output_names=["last_hidden_state"],
-            dynamic_axes={**axes, "last_hidden_state": {0: "batch", 1: "sequence"}}, opset_version=18, dynamo=False,
+            module, tuple(torch.from_numpy(example[n]) for n in INPUT_NAMES), str(path),
+            input_names=list(INPUT_NAMES), output_names=[output],
+            dynamic_axes={**axes, output: output_axes or {0: "batch", 1: "sequence"}}, opset_version=18,
+            dynamo=False,
         )
     return path
 
@@ -102,3 +112,41 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a / np.linalg.norm(a, axis=-1, keepdims=True)
     b = b / np.linalg.norm(b, axis=-1, keepdims=True)
     return float(np.mean((a * b).sum(-1)))
+
+
+def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of sentences whose nearest other sentence (cosine) is the same under both embeddings."""
+    def nearest(e: np.ndarray) -> np.ndarray:
+        unit = e / np.linalg.norm(e, axis=-1, keepdims=True)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(1)
+
+    return float(np.mean(nearest(reference) == nearest(candidate)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m quweit.converter.minilm MODEL.onnx SENTENCE...`: sentence embeddings and their cosines."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m quweit.converter.minilm", description=main.__doc__)
+    parser.add_argument("model", help="a MiniLM ONNX model (original or converted)")
+    parser.add_argument("sentences", nargs="+")
+    args = parser.parse_args(argv)
+    if not Path(args.model).is_file():
+        parser.exit(2, f"{args.model}: no such file\n")
+    from quweit.runtime import make_session
+
+    inputs = tokenize(args.sentences)
+    vectors = embed(make_session(args.model), inputs["attention_mask"], inputs)
+    unit = vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+    for text, vector in zip(args.sentences, vectors):
+        print(f"{text!r}: {vector.shape[0]}-dim embedding, first values {', '.join(f'{v:.4f}' for v in vector[:4])}")
+    for i in range(len(args.sentences)):
+        for j in range(i + 1, len(args.sentences)):
+            print(f"cosine({i}, {j}) = {float(unit[i] @ unit[j]):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

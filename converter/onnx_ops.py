@@ -10,7 +10,6 @@ dynamo exports (Reshape allowzero, ReduceMean v18, Trilu). An op here is a plain
 from __future__ import annotations
 
 import functools
-
 import math
 from collections.abc import Callable
 

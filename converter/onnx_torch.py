@@ -3,7 +3,8 @@
 `OnnxGraphModule` runs the main graph node by node with the torch ops of `onnx_ops`; every
 `quweit::WeightlessBlock` node becomes a trainable `custom_ops.torch_block.WeightlessBlock` submodule
 (its parameter initializers are read into the module, not kept as tensors). All other initializers are
-frozen buffers, unless `train_dense=True` makes the floating-point ones parameters too (fine-tuning the
+frozen buffers, except the low-rank bypasses beside blocks (`converter.bypass`, trained with the blocks
+unless `train_bypass=False`) and, with `train_dense=True`, every floating-point one (fine-tuning the
 rest of the network around the blocks, as the QuWeiT paper trains). `write_back` puts the trained values
 into a copy of the ONNX model, replacing exactly those initializers.
 """
@@ -20,6 +21,7 @@ from quweit.custom_ops.params import DOMAIN, OP_TYPE, WeightlessBlockParams
 from quweit.custom_ops.torch_block import WeightlessBlock
 from torch import nn
 
+from .bypass import BYPASS_MARK
 from .onnx_ops import OPS, tensor_from_proto
 
 
@@ -42,7 +44,8 @@ def _module_key(name: str, taken: set[str]) -> str:
 class OnnxGraphModule(nn.Module):
     """Executes `model.graph` in torch; `forward(**inputs)` returns the graph outputs (a tuple if several)."""
 
-    def __init__(self, model: onnx.ModelProto, *, train_dense: bool = False, **block_options) -> None:
+    def __init__(self, model: onnx.ModelProto, *, train_dense: bool = False, train_bypass: bool = True,
+                 **block_options) -> None:
         super().__init__()
         graph = model.graph
         self.input_names = [i.name for i in graph.input]
@@ -75,14 +78,18 @@ class OnnxGraphModule(nn.Module):
         self._constants: dict[str, str] = {}
         self.dense = nn.ParameterDict()
         self.dense_names: dict[str, str] = {}  # parameter key -> initializer name
+        self.bypass_keys: list[str] = []  # keys of `dense` that belong to low-rank bypasses (converter.bypass)
         for index, (name, proto) in enumerate(initializers.items()):
             if name in block_inputs:
                 continue
             key = f"initializer_{index}"
             value = tensor_from_proto(proto)
-            if train_dense and value.is_floating_point() and value.ndim >= 1:
+            bypass = BYPASS_MARK in name
+            if (train_dense or train_bypass and bypass) and value.is_floating_point() and value.ndim >= 1:
                 self.dense[key] = nn.Parameter(value)
                 self.dense_names[key] = name
+                if bypass:
+                    self.bypass_keys.append(key)
             else:
                 self.register_buffer(key, value, persistent=False)
             self._constants[name] = key
@@ -116,7 +123,7 @@ class OnnxGraphModule(nn.Module):
         return {node: self.blocks[key].to_params(node=node) for key, node in self.block_nodes.items()}
 
     def dense_arrays(self) -> dict[str, np.ndarray]:
-        """Current values of the trainable non-block initializers (only with `train_dense`), by name."""
+        """Current values of the trainable non-block initializers (bypasses; all with `train_dense`), by name."""
         return {name: self.dense[key].detach().numpy().copy() for key, name in self.dense_names.items()}
 
 

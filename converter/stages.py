@@ -219,13 +219,14 @@ class Stream:
             self._run(index, session, step.inputs, step.outputs)
         else:
             mlp = self.stages.mlps[k]
-            others = step.outputs[1:]  # intermediates read elsewhere (Shape): from the dense nodes
-            if others:
-                self._run(index, session, step.inputs, others)
             block = self.stages.block_session(k, params, self.states[0][mlp.input].ndim)
+            outputs = [block.run(None, {"X": state[mlp.input]})[0] for state in self.states]
+            others = step.outputs[1:]  # intermediates read elsewhere (Shape): from the dense nodes
+            if others:  # (this drops the values no later step reads, the MLP's input among them)
+                self._run(index, session, step.inputs, others)
             live = self.stages._live_after[index]
-            for state in self.states:
-                state[mlp.output] = block.run(None, {"X": state[mlp.input]})[0]
+            for state, output in zip(self.states, outputs):
+                state[mlp.output] = output
                 for name in [n for n in state if n not in live]:
                     del state[name]
         self.position += 1

@@ -12,6 +12,9 @@ class BlockConfig:
 
     `luts_per_output` is the group size G of the conditional summation; `hidden_layers` are the sizes
     of LUT layers before the last one (empty: one layer, the thermometer feeds the summed LUTs).
+    `value_bits` bounds the encoded values and biases (signed bits; narrow values make narrow adders);
+    `popcount` fits every group with one value (DWN's GroupSum: each LUT adds 0 or 1, the magnitude
+    goes to `output_scale`), which the hardware sums with a popcount. Both are plain v1 parameters.
     """
 
     lut_inputs: int = 6
@@ -19,6 +22,8 @@ class BlockConfig:
     luts_per_output: int = 8
     hidden_layers: tuple[int, ...] = ()
     input_bits: int = 8
+    value_bits: int = 16
+    popcount: bool = False
 
     def layer_sizes(self, out_features: int) -> tuple[int, ...]:
         return (*self.hidden_layers, out_features * self.luts_per_output)

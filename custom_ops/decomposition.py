@@ -24,13 +24,45 @@ _FUNCTION_TEXT = """
 %(op_type)s <in_features, out_features, thresholds_per_feature, lut_inputs, layer_sizes, input_bits>
 (X, input_scale, thresholds, mapping, tables, encoded_values, bias, output_scale) => (Y)
 {
+  # --- spec section 5 as far as standard ops can check it: every input is viewed at its specified
+  #     shape (a Reshape fails on a wrong element count before anything is allocated). Sizes that
+  #     allocate (Range) come from the inputs' own shapes, never from an attribute (shape inference
+  #     would fold an attribute into a constant size), so no attribute value can make a run allocate
+  #     more than a fixed multiple of (tokens x parameter sizes). Values are not checked (docs, section 5).
+  minus_one = Constant <value = int64[1] {-1}> ()
+  zero_1 = Constant <value = int64[1] {0}> ()
+  d_in_0 = Constant <value_int: int = @in_features> ()
+  t_0 = Constant <value_int: int = @thresholds_per_feature> ()
+  d_out_0 = Constant <value_int: int = @out_features> ()
+  n_0 = Constant <value_int: int = @lut_inputs> ()
+  d_in_attr = Unsqueeze (d_in_0, zero_1)
+  t_attr = Unsqueeze (t_0, zero_1)
+  d_out_attr = Unsqueeze (d_out_0, zero_1)
+  n_attr = Unsqueeze (n_0, zero_1)
+  thr_shape = Concat <axis = 0> (d_in_attr, t_attr)
+  thr = Reshape <allowzero = 1> (thresholds, thr_shape)
+  features = Shape <start = 0, end = 1> (thr)
+  scale = Reshape <allowzero = 1> (input_scale, features)
+  lead = Shape <end = -1> (X)
+  x_shape = Concat <axis = 0> (lead, features)
+  x = Reshape <allowzero = 1> (X, x_shape)
+  sizes = Constant <value_ints: ints = @layer_sizes> ()
+  total = ReduceSum <keepdims = 1> (sizes)
+  map_shape = Concat <axis = 0> (total, n_attr)
+  map = Reshape <allowzero = 1> (mapping, map_shape)
+  n_1 = Shape <start = 1, end = 2> (mapping)
+  n = Squeeze (n_1, zero_1)
+  bias_v = Reshape <allowzero = 1> (bias, d_out_attr)
+  out_dim = Shape (bias_v)
+  out_scale = Reshape <allowzero = 1> (output_scale, out_dim)
+
   # --- 3.1 input quantization: NaN -> 0, round half to even, saturate to [qmin, qmax]
   zero_f = Constant <value = float {0.0}> ()
   one_f = Constant <value = float {1.0}> ()
   two_f = Constant <value = float {2.0}> ()
-  x_is_nan = IsNaN (X)
-  x_clean = Where (x_is_nan, zero_f, X)
-  scaled = Mul (x_clean, input_scale)
+  x_is_nan = IsNaN (x)
+  x_clean = Where (x_is_nan, zero_f, x)
+  scaled = Mul (x_clean, scale)
   rounded = Round (scaled)
   bits_attr = Constant <value_int: int = @input_bits> ()
   bits_f = Cast <to = 1> (bits_attr)
@@ -42,41 +74,40 @@ _FUNCTION_TEXT = """
   q = Cast <to = 6> (clipped)
 
   # --- 3.2 thermometer: bit i*T + t = q_i > thresholds[i, t]
-  minus_one = Constant <value = int64[1] {-1}> ()
-  zero_1 = Constant <value = int64[1] {0}> ()
   q_col = Unsqueeze (q, minus_one)
-  therm = Greater (q_col, thresholds)
+  therm = Greater (q_col, thr)
   therm_i = Cast <to = 7> (therm)
-  lead = Shape <end = -1> (X)
-  n_bits = Size (thresholds)
+  n_bits = Size (thr)
   n_bits_1 = Unsqueeze (n_bits, zero_1)
   therm_shape = Concat <axis = 0> (lead, n_bits_1)
   bits0 = Reshape <allowzero = 1> (therm_i, therm_shape)
 
-  # --- table bits: bit a of row r at flat index r * 64W + a
-  shifts = Constant <value = uint64[64] {0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63}> ()
+  # --- tables viewed as [L, W] words, W = max(1, 2^n / 64); bit a of row r is word r*W + (a >> 6),
+  #     bit a & 63 (section 4); n is capped so that 2^n stays finite (any n > 8 fails the Reshape)
+  sixty_four_f = Constant <value = float {64.0}> ()
+  n_cap = Constant <value = float {62.0}> ()
+  n_f = Cast <to = 1> (n)
+  n_f_capped = Min (n_f, n_cap)
+  entries = Pow (two_f, n_f_capped)
+  words_f = Div (entries, sixty_four_f)
+  words_f1 = Max (words_f, one_f)
+  words = Cast <to = 7> (words_f1)
+  words_1 = Unsqueeze (words, zero_1)
+  tab_shape = Concat <axis = 0> (total, words_1)
+  tab = Reshape <allowzero = 1> (tables, tab_shape)
+  tab_flat = Reshape (tab, minus_one)
   one_u = Constant <value = uint64 {1}> ()
-  tables_col = Unsqueeze (tables, minus_one)
-  shifted = BitShift <direction = "RIGHT"> (tables_col, shifts)
-  table_bit_u = BitwiseAnd (shifted, one_u)
-  table_bit = Cast <to = 7> (table_bit_u)
-  table_flat = Reshape (table_bit, minus_one)
-  table_shape = Shape (table_bit)
-  one_i = Constant <value = int64 {1}> ()
-  words = Gather <axis = 0> (table_shape, one_i)
   sixty_four = Constant <value = int64 {64}> ()
-  row_stride = Mul (words, sixty_four)
 
   # --- address weights 2^l, LSB first from slot 0
-  n_attr = Constant <value_int: int = @lut_inputs> ()
   zero_i = Constant <value = int64 {0}> ()
-  slots = Range (zero_i, n_attr, one_i)
+  one_i = Constant <value = int64 {1}> ()
+  slots = Range (zero_i, n, one_i)
   slots_f = Cast <to = 1> (slots)
   weights_f = Pow (two_f, slots_f)
   weights = Cast <to = 7> (weights_f)
 
-  # --- 3.3 LUT layers, one Loop iteration per layer
-  sizes = Constant <value_ints: ints = @layer_sizes> ()
+  # --- 3.3 LUT layers, one Loop iteration per layer (rows of layer k: its slice of the mapping)
   ends = CumSum (sizes, zero_i)
   starts = Sub (ends, sizes)
   n_layers = Size (sizes)
@@ -86,19 +117,26 @@ _FUNCTION_TEXT = """
     start_1 = Gather (starts, k_1)
     end_1 = Gather (ends, k_1)
     start = Squeeze (start_1, zero_1)
-    end = Squeeze (end_1, zero_1)
-    layer_mapping = Slice (mapping, start_1, end_1, zero_1)
+    layer_mapping = Slice (map, start_1, end_1, zero_1)
     picked = Gather <axis = -1> (bits_in, layer_mapping)
     weighted = Mul (picked, weights)
     address = ReduceSum <keepdims = 0> (weighted, minus_one)
-    rows = Range (start, end, one_i)
-    row_base = Mul (rows, row_stride)
-    flat_index = Add (address, row_base)
-    bits_out = Gather <axis = 0> (table_flat, flat_index)
+    count_1 = Shape <start = 0, end = 1> (layer_mapping)
+    count = Squeeze (count_1, zero_1)
+    stop = Add (start, count)
+    rows = Range (start, stop, one_i)
+    row_base = Mul (rows, words)
+    word_in_row = Div (address, sixty_four)
+    word_index = Add (word_in_row, row_base)
+    word = Gather <axis = 0> (tab_flat, word_index)
+    bit_in_word = Mod (address, sixty_four)
+    shift = Cast <to = 13> (bit_in_word)
+    shifted = BitShift <direction = "RIGHT"> (word, shift)
+    bit = BitwiseAnd (shifted, one_u)
+    bits_out = Cast <to = 7> (bit)
   }>
 
   # --- 3.4 conditional summation: acc_o = bias_o + sum of the group's encoded values whose bit is 1
-  out_dim = Shape (bias)
   group_shape = Concat <axis = 0> (out_dim, minus_one)
   values = Reshape (encoded_values, group_shape)
   values_i = Cast <to = 7> (values)
@@ -107,16 +145,15 @@ _FUNCTION_TEXT = """
   grouped = Reshape <allowzero = 1> (last_bits, grouped_shape)
   selected = Mul (grouped, values_i)
   sums = ReduceSum <keepdims = 0> (selected, minus_one)
-  bias_i = Cast <to = 7> (bias)
+  bias_i = Cast <to = 7> (bias_v)
   acc64 = Add (sums, bias_i)
   acc = Cast <to = 6> (acc64)
 
   # --- 3.5 output dequantization: int32 -> binary32 (nearest even), one multiplication
   acc_f = Cast <to = 1> (acc)
-  Y = Mul (acc_f, output_scale)
+  Y = Mul (acc_f, out_scale)
 }
 """
-
 
 def make_function(opset: int = MIN_OPSET) -> onnx.FunctionProto:
     """The decomposition as a model-local function importing the default domain at `opset`.

@@ -43,6 +43,13 @@ def efd_matrix(lut_inputs: int) -> torch.Tensor:
     return _efd_matrix_cached(lut_inputs).clone()
 
 
+def efd_weights(tables: torch.Tensor, lut_inputs: int) -> torch.Tensor:
+    """`[L, 2^n, n]`: the input-gradient weight of slot `l` of LUT `r` at address `a`, for these tables
+    (one small matrix product; the forward's address then picks one row per sample)."""
+    matrix = _efd_matrix_cached(lut_inputs).to(tables.dtype)
+    return torch.einsum("lak,rk->ral", matrix, tables)
+
+
 def lut_addresses(slot_bits: torch.Tensor) -> torch.Tensor:
     """0/1 bits `[B, L, n]` -> int64 addresses `[B, L]`, slot `l` driving address bit `l`.
 
@@ -74,9 +81,8 @@ class LutLayerEFD(torch.autograd.Function):
             grad_tables = grad_tables.index_add_(0, flat.reshape(-1), grad.reshape(-1)).reshape(rows, entries)
         grad_bits = None
         if ctx.needs_input_grad[0]:
-            matrix = _efd_matrix_cached(ctx.lut_inputs).to(tables.dtype)
-            per_address = torch.einsum("lak,rk->ral", matrix, tables).reshape(rows * entries, -1)
-            picked = torch.index_select(per_address, 0, flat.reshape(-1)).reshape(*flat.shape, -1)
+            per_address = efd_weights(tables, ctx.lut_inputs).reshape(rows * entries, ctx.lut_inputs)
+            picked = torch.index_select(per_address, 0, flat.reshape(-1)).reshape(*flat.shape, ctx.lut_inputs)
             grad_bits = grad[..., None] * picked
         return grad_bits, grad_tables
 

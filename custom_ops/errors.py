@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from quweit.errors import InputError
 
-class WeightlessBlockError(ValueError):
+
+class WeightlessBlockError(InputError, ValueError):
     """A `WeightlessBlock` parameter or input violates the specification.
 
     The message always names the node (when known), the parameter and the offending value, as the

@@ -9,6 +9,7 @@ import onnx_ir as ir
 from onnx import TensorProto, helper
 
 from .decomposition import MIN_OPSET, make_function
+from .errors import WeightlessBlockError
 from .params import DOMAIN, OP_TYPE, OP_VERSION, WeightlessBlockParams
 from .schema import register_schema
 
@@ -90,6 +91,16 @@ def block_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 
 def read_blocks(model: onnx.ModelProto) -> list[WeightlessBlockParams]:
-    """Validated parameters of every block in `model` (errors name the node)."""
+    """Validated parameters of every block in `model` (errors name the node).
+
+    The model must import domain `quweit` at version 1: another version may mean other semantics
+    (spec section 7), so it is refused rather than read as version 1."""
+    nodes = block_nodes(model)
+    if nodes:
+        versions = [e.version for e in model.opset_import if e.domain == DOMAIN]
+        if versions != [OP_VERSION]:
+            found = f"version {versions[0]}" if len(versions) == 1 else f"versions {versions}" if versions else "no version"
+            raise WeightlessBlockError("opset_import", f"the model imports domain '{DOMAIN}' at {found}; this "
+                                       f"quweit implements {OP_TYPE} version {OP_VERSION} only", node=nodes[0].name)
     inits = {t.name: t for t in model.graph.initializer}
-    return [WeightlessBlockParams.from_onnx(node, inits) for node in block_nodes(model)]
+    return [WeightlessBlockParams.from_onnx(node, inits) for node in nodes]

@@ -45,6 +45,10 @@ LIMITS = {
     "lut_inputs": (1, 8),
     "input_bits": (2, 16),
 }
+#: Attributes every node must carry (spec section 1, no defaults); the derived ones must agree with the
+#: parameters' shapes.
+DERIVED_ATTRIBUTES = ("in_features", "out_features", "thresholds_per_feature")
+REQUIRED_ATTRIBUTES = ("lut_inputs", "layer_sizes", "input_bits", *DERIVED_ATTRIBUTES)
 MAX_INPUT_SCALE = float(2**24)
 ACC_LIMIT = 2**31 - 1
 
@@ -305,7 +309,12 @@ class WeightlessBlockParams:
         from onnx import helper, numpy_helper
 
         name = node_name or node.name or f"{node.op_type}({node.output[0] if node.output else '?'})"
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {}
+        for attribute in node.attribute:
+            try:
+                attrs[attribute.name] = helper.get_attribute_value(attribute)
+            except (ValueError, TypeError) as err:  # an attribute of undefined or unknown type
+                raise WeightlessBlockError(attribute.name, f"unreadable attribute ({err})", node=name) from None
         if len(node.input) != 1 + len(PARAM_NAMES):
             raise WeightlessBlockError(
                 "inputs", f"expected {1 + len(PARAM_NAMES)} inputs, got {len(node.input)}", node=name
@@ -317,22 +326,39 @@ class WeightlessBlockParams:
                     param, f"input '{input_name}' is not an initializer (parameters must be constant)", node=name
                 )
             value = initializers[input_name]
-            arrays[param] = value if isinstance(value, np.ndarray) else numpy_helper.to_array(value)
-        for required in ("lut_inputs", "layer_sizes"):
-            if required not in attrs:
-                raise WeightlessBlockError(required, "attribute is missing", node=name)
+            if not isinstance(value, np.ndarray):
+                try:
+                    value = numpy_helper.to_array(value)
+                except (ValueError, TypeError, OSError) as err:  # data shorter than its dims, unloaded external data
+                    raise WeightlessBlockError(param, f"initializer '{input_name}' is unreadable: {err}",
+                                               node=name) from None
+            arrays[param] = value
+        return cls.from_attributes(attrs, arrays, node=name)
+
+    @classmethod
+    def from_attributes(
+        cls, attrs: Mapping[str, object], arrays: Mapping[str, np.ndarray], *, node: str | None = None
+    ) -> "WeightlessBlockParams":
+        """A block from its attribute values and parameter arrays (what every importer reads from a node).
+
+        Every attribute is required (spec section 1; no defaults); the derived ones (`in_features`,
+        `out_features`, `thresholds_per_feature`) must agree with the parameters' shapes.
+        """
+        for required in REQUIRED_ATTRIBUTES:
+            if attrs.get(required) is None:
+                raise WeightlessBlockError(required, "attribute is missing", node=node)
         layer_sizes = attrs["layer_sizes"]
         params = cls(
             lut_inputs=attrs["lut_inputs"],
             layer_sizes=tuple(layer_sizes) if isinstance(layer_sizes, (list, tuple)) else layer_sizes,
-            input_bits=attrs.get("input_bits", 8),
-            node=name,
+            input_bits=attrs["input_bits"],
+            node=node,
             **arrays,
         )
-        for attr in ("in_features", "out_features", "thresholds_per_feature"):
-            if attr in attrs and attrs[attr] != getattr(params, attr):
+        for attr in DERIVED_ATTRIBUTES:
+            if attrs[attr] != getattr(params, attr):
                 raise WeightlessBlockError(
-                    attr, f"attribute is {attrs[attr]} but the parameters give {getattr(params, attr)}", node=name
+                    attr, f"attribute is {attrs[attr]} but the parameters give {getattr(params, attr)}", node=node
                 )
         return params
 

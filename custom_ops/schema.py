@@ -12,7 +12,7 @@ from onnx import TensorProto, defs, helper
 from .errors import WeightlessBlockError
 from .params import DOMAIN, OP_TYPE, OP_VERSION, PARAM_DTYPES, PARAM_NAMES
 
-_DOC = "LUT network replacing an MLP; see docs/weightless_block.md (spec revision 1.0)."
+_DOC = "LUT network replacing an MLP; see docs/weightless_block.md (spec revision 1.1)."
 _TYPE_NAMES = {"float32": "tensor(float)", "int32": "tensor(int32)", "uint64": "tensor(uint64)"}
 
 

@@ -4,6 +4,8 @@ Training mode: a thermometer with a straight-through surrogate gradient to `x`, 
 gradients (`efd`), a learnable mapping over candidate subsets (`learnable_mapping`), and a conditional
 summation whose encoded values and biases are learnt in output units and rounded to integers in every
 forward (quantization-aware, straight-through), so `to_params()` exports exactly what was trained.
+Training runs on the fused native ops (`fused_training`, two calls per step) when the library is built,
+otherwise stage by stage in torch; both compute the same outputs bit for bit.
 Eval mode runs the integer semantics of docs/weightless_block.md section 3 with torch ops.
 """
 
@@ -13,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import fused_training
 from .efd import lut_layer
 from .errors import WeightlessBlockError
 from .learnable_mapping import chosen_indices, select_bits
@@ -178,17 +181,33 @@ class WeightlessBlock(nn.Module):
         y = self._train_forward(flat) if self.training else self._exact_forward(flat)
         return y.reshape(*lead, self.out_features)
 
+    @property
+    def uses_fused_training(self) -> bool:
+        """Training mode runs the fused native ops (`fused_training`: built and not turned off)."""
+        return fused_training.enabled()
+
     def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        unit_v = self.value_unit.repeat_interleave(self.group_size)
+        values = _round_ste(self.encoded_values / unit_v)
+        bias = _round_ste(self.bias / self.value_unit)
+        if self.uses_fused_training:
+            acc = fused_training.accumulators(self, x, values, bias)
+        else:
+            acc = self._staged_accumulators(x, values, bias)
+        return acc * self.output_scale
+
+    def _staged_accumulators(self, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The per-stage torch path: the fallback without the native library (and the fused ops' reference)."""
         bits = Thermometer.apply(x, self.input_scale, self.thresholds, self.surrogate_width, self.qmin, self.qmax)
         for k, table in enumerate(self.tables):
             slot_bits = select_bits(bits, self.candidates(k), self._weights(k), self.tau)
             bits = lut_layer(slot_bits.reshape(x.shape[0], table.shape[0], self.lut_inputs), table)
-        unit_v = self.value_unit.repeat_interleave(self.group_size)
-        values = _round_ste(self.encoded_values / unit_v)
-        bias = _round_ste(self.bias / self.value_unit)
-        grouped = bits.reshape(x.shape[0], self.out_features, self.group_size)
-        acc = (grouped * values.reshape(self.out_features, self.group_size)).sum(-1) + bias
-        return acc * self.output_scale
+        grouped = bits.reshape(x.shape[0], self.out_features, self.group_size).double()
+        # Integer-valued terms summed in float64 and rounded once, as the op's integer accumulator converts:
+        # exact (float32 sums round once partial sums pass 2^24). The bits' gradient is still the float32
+        # product grad * value (a float64 product of two float32 numbers rounds to the same float32).
+        acc = (grouped * values.reshape(self.out_features, self.group_size).double()).sum(-1) + bias.double()
+        return acc.float()
 
     @torch.no_grad()
     def _exact_forward(self, x: torch.Tensor) -> torch.Tensor:

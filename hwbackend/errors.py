@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from quweit.errors import InputError
 
-class HwBackendError(Exception):
+
+class HwBackendError(InputError):
     """The model, an option or the tool environment cannot be compiled; the message says which and why."""
 
     exit_code = 2

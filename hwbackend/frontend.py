@@ -38,13 +38,7 @@ def _converter_class():
                         name, "must be an initializer (import with keep_params_in_input=False)", node=node
                     )
                 arrays[name] = value.value.numpy()
-            block = WeightlessBlockParams(
-                lut_inputs=attr.get("lut_inputs"),
-                layer_sizes=tuple(attr.get("layer_sizes", ())),
-                input_bits=attr.get("input_bits", 8),
-                node=node,
-                **arrays,
-            )
+            block = WeightlessBlockParams.from_attributes(attr, arrays, node=node)
             return emit_block(bb, inputs[0], block)
 
     return WeightlessBlock

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .rtl import RtlBlock, render_block, render_lut, render_testbench, render_top
+from .rtl import RtlBlock, render_lut, render_testbench, render_top
 from .simulate import SimResult, simulate
 from .vectors import vector_files
 
@@ -22,7 +22,7 @@ def write_rtl(blocks: list[RtlBlock], outdir: Path, *, top: str | None = "quweit
     files[0].write_text(render_lut())
     for block in blocks:
         path = outdir / f"{block.name}.v"
-        path.write_text(render_block(block))
+        path.write_text(block.text())
         files.append(path)
     if top is not None and len(blocks) > 1:
         path = outdir / f"{top}.v"
@@ -47,3 +47,13 @@ def simulate_block(block: RtlBlock, outdir: Path, *, simulator: str = "icarus") 
     outdir = Path(outdir)
     sources = [outdir / LUT_FILE, outdir / f"{block.name}.v", outdir / f"{block.name}_tb.v"]
     return simulate(sources, f"{block.name}_tb", outdir, simulator=simulator)
+
+
+def simulate_gate_level(block: RtlBlock, netlists: list[Path], outdir: Path, *, simulator: str = "icarus") -> SimResult:
+    """Run the block's testbench (written by `write_testbench`) on its synthesized gate netlists: each
+    chunk's `gates.v` (yosys generic gates) with the block module wiring them (registers and wires only)."""
+    outdir = Path(outdir)
+    wiring = next(m.text for m in block.modules() if m.stage == "block")
+    path = outdir / f"{block.name}_gates.v"
+    path.write_text("".join(Path(n).read_text() for n in netlists) + wiring)
+    return simulate([path, outdir / f"{block.name}_tb.v"], f"{block.name}_tb", outdir, simulator=simulator)

@@ -41,7 +41,7 @@ from .save import (
     write_npz,
     write_text,
 )
-from .session import make_session, session_options
+from .session import ONNXRUNTIME_ERRORS, make_session, session_options
 from .signals import EXIT_TERMINATED, Terminated, signals_deferred, sigterm_unwinds
 from .synthetic import embedding_rows, synthetic_inputs
 
@@ -51,6 +51,7 @@ __all__ = [
     "EXTERNAL_DATA_THRESHOLD",
     "MASK_INPUT",
     "MIN_OPSET",
+    "ONNXRUNTIME_ERRORS",
     "BadInputError",
     "InputSpec",
     "Run",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-EXIT_BAD_INPUT = 2
+from quweit.errors import EXIT_BAD_INPUT, InputError
+
+__all__ = ["EXIT_BAD_INPUT", "BadInputError"]
 
 
-class BadInputError(ValueError):
+class BadInputError(InputError, ValueError):
     """Unreadable, truncated, hostile or mismatching input; the message names the file, tensor or input
     and the value that is wrong. Every command maps it to exit code 2 without a traceback."""
 

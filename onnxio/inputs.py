@@ -119,6 +119,11 @@ def check_inputs(model, arrays: Mapping[str, np.ndarray], where: str = "inputs",
     return count
 
 
+#: Largest run made by repeating samples to fill a model's fixed batch (a declared batch is the file's word,
+#: not a size the data backs: 2^40 rows must be refused, not allocated).
+MAX_PADDED_RUN_BYTES = 1 << 30
+
+
 def run_size(model, wanted: int) -> int:
     """Rows per run: the declared batch when the model fixes it, else `wanted`."""
     fixed = {s.name: s.batch for s in input_specs(model) if s.batch is not None}
@@ -140,6 +145,12 @@ def runs(model, arrays: Mapping[str, np.ndarray], size: int, *, start: int = 0, 
     total = len(next(iter(arrays.values())))
     stop = total if stop is None else stop
     fixed = rows if any(s.batch is not None for s in input_specs(model)) else None
+    if fixed is not None and fixed > stop - start:  # the batch is filled up by repeating samples
+        per_sample = sum(np.asarray(arrays[n])[:1].nbytes for n in names)
+        if fixed * per_sample > MAX_PADDED_RUN_BYTES:
+            raise BadInputError(f"graph inputs fix a batch of {fixed} rows: filling one run up to it from "
+                                f"{stop - start} samples would take {fixed * per_sample} bytes (more than "
+                                f"{MAX_PADDED_RUN_BYTES}); give at least {fixed} samples")
     result = []
     for first in range(start, stop, rows):
         last = min(first + rows, stop)

@@ -79,7 +79,9 @@ def _read_checked(path: Path, *, check: bool) -> onnx.ModelProto:
                             f"{_first_line(err)}") from err
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise BadInputError(f"{path}: not an ONNX model (no graph)")
+    check_strings(proto, str(path))
     external = check_tensors(proto, path)
+    check_opsets(proto, str(path))
     if check:
         try:  # onnx resolves external data against the model's folder only when given the path
             onnx.checker.check_model(str(path) if external else proto, full_check=False)
@@ -219,6 +221,31 @@ def _tensors(proto: onnx.ModelProto) -> Iterator[tuple[str, TensorProto]]:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def check_strings(message, where: str = "model", field_path: str = "model") -> None:
+    """Every string field is valid UTF-8, as protobuf requires. ONNX's messages are proto2, whose parser
+    lets invalid text through (Python's protobuf then hands it over as bytes, which onnx-ir and others
+    fail on deep inside); tensor data are `bytes` fields and are not read."""
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING:
+            for text in (value if field.is_repeated else [value]):
+                if not isinstance(text, str):
+                    raise BadInputError(f"{where}: {field_path}.{field.name} is not valid UTF-8 text: {bytes(text)[:40]!r}")
+        elif field.type == field.TYPE_MESSAGE:
+            for index, child in enumerate(value if field.is_repeated else [value]):
+                label = getattr(child, "name", "")
+                check_strings(child, where, f"{field_path}.{field.name}[{label if isinstance(label, str) and label else index}]")
+
+
+def check_opsets(model: onnx.ModelProto, where: str = "model") -> None:
+    """A default-domain opset newer than this onnx knows is refused (its ops may mean something else);
+    so is one below 1. Other domains are checked by their readers (the block's: `read_blocks`)."""
+    newest = onnx.defs.onnx_opset_version()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and not 1 <= entry.version <= newest:
+            raise BadInputError(f"{where}: unsupported opset {entry.version} of the default domain (this onnx "
+                                f"{onnx.__version__} knows 1 to {newest})")
 
 
 def default_opset(model: onnx.ModelProto) -> int:

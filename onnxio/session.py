@@ -16,8 +16,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+import onnxruntime.capi.onnxruntime_pybind11_state as _ort_state
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto | ir.Model
+#: What onnxruntime raises when it refuses a model or a run (its own exception types, all of them): on a
+#: user's model, bad input; on a model quweit made, a bug.
+ONNXRUNTIME_ERRORS = tuple(c for c in vars(_ort_state).values() if isinstance(c, type) and issubclass(c, Exception))
 #: Below protobuf's 2 GiB limit with room for the graph.
 PROTOBUF_LIMIT = (1 << 31) - (1 << 24)
 #: In-memory tensors at least this large are handed over as OrtValues instead of inside the proto.

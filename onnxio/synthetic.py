@@ -16,6 +16,8 @@ from .errors import BadInputError
 from .inputs import input_specs
 
 FALLBACK_VOCAB = 2
+#: Largest synthetic input made for one graph input.
+MAX_SYNTHETIC_BYTES = 1 << 30
 
 
 def synthetic_inputs(model: onnx.ModelProto | ir.Model, *, samples: int = 32, length: int = 16,
@@ -27,6 +29,10 @@ def synthetic_inputs(model: onnx.ModelProto | ir.Model, *, samples: int = 32, le
         if spec.dims is None:
             raise BadInputError(f"model input '{spec.name}' has no declared shape; pass real inputs")
         shape = [samples] + [d if isinstance(d, int) else length for d in spec.dims[1:]] if spec.dims else []
+        size = int(np.prod(shape, dtype=object)) * (spec.dtype.itemsize if spec.dtype is not None else 8)
+        if size > MAX_SYNTHETIC_BYTES:  # a declared axis is the file's word, not a size the machine must make
+            raise BadInputError(f"model input '{spec.name}' is declared {list(spec.dims)}: {samples} synthetic samples "
+                                f"would take {size} bytes (more than {MAX_SYNTHETIC_BYTES}); pass real inputs")
         name = spec.name.lower()
         kind = None if spec.dtype is None else spec.dtype.kind
         if kind in "iu":

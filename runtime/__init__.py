@@ -3,11 +3,13 @@
 `get_library_path()` is the native library's whole Python API; `make_session()` (the I/O layer's
 session factory, with the kernel required) returns an onnxruntime session with it registered. Without
 the library a converted model still runs through the op's ONNX-function decomposition, only slower.
+`get_train_library_path()` locates the torch shim's fused training ops (`quweit.custom_ops.fused_training`),
+built beside it.
 """
 
 from __future__ import annotations
 
-from .session import LibraryNotBuiltError, get_library_path
+from .session import LibraryNotBuiltError, get_library_path, get_train_library_path
 
 
 def make_session(model, *, threads=None, options=None, providers=("CPUExecutionProvider",)):
@@ -24,4 +26,4 @@ def session_options(threads=None, options=None):
     return factory(threads, options, kernel=True)
 
 
-__all__ = ["LibraryNotBuiltError", "get_library_path", "make_session", "session_options"]
+__all__ = ["LibraryNotBuiltError", "get_library_path", "get_train_library_path", "make_session", "session_options"]

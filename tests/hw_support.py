@@ -16,15 +16,6 @@ def block(seed: int, *, n: int, layers: int, d_in: int = 6, d_out: int = 3, T: i
                          layer_sizes=(*hidden, d_out * group), input_bits=bits)
 
 
-def activations(rng: np.random.Generator, shape, scale: float = 30.0) -> np.ndarray:
-    """Float inputs with the spec's edge cases mixed in: NaN, +-inf, exact .5 ties, huge values."""
-    x = (rng.standard_normal(shape) * scale).astype(np.float32)
-    flat = x.reshape(-1)
-    specials = np.array([np.nan, np.inf, -np.inf, 0.5, -0.5, 2.5, 1e30, -1e30, -0.0], dtype=np.float32)
-    flat[: min(flat.size, specials.size)] = specials[: flat.size]
-    return x
-
-
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and bool((a.view(np.int32) == b.view(np.int32)).all())
 

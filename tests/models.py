@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -188,3 +189,15 @@ def export(family: Family, exporter: str, path: Path, *, batch: int = EXPORT_SHA
 
 def reference_inputs(family: Family, batch: int, seq: int) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in family.inputs(batch, seq).items()}
+
+
+def without_decomposition(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` without the block's function decomposition: only the kernel can run its blocks."""
+    from quweit.custom_ops import DOMAIN, OP_TYPE
+
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    kept = [f for f in stripped.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
+    del stripped.functions[:]
+    stripped.functions.extend(kept)
+    return stripped

@@ -43,10 +43,24 @@ def _calib(n=40):
 class _Recording:
     def __init__(self):
         self.calls = []
+        self.blocks = []
 
     def __call__(self, x, y, **kw):
         self.calls.append((x.copy(), y.copy(), kw))
-        return fit_block(x, y, **kw)
+        self.blocks.append(fit_block(x, y, **kw))
+        return self.blocks[-1]
+
+
+def _mean_token_cosine(model: onnx.ModelProto, other: onnx.ModelProto, feeds: list) -> float:
+    """Mean cosine of the two models' outputs token by token (onnxruntime, decomposition), in float64."""
+    import onnxruntime as ort
+
+    def run(m):
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return np.concatenate([session.run(None, f.feeds)[0][: f.rows].reshape(-1, D) for f in feeds]).astype(np.float64)
+
+    a, b = run(model), run(other)
+    return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
 def _dense(mlp, x):
@@ -88,8 +102,16 @@ def test_local_fit_uses_the_original_activations_and_fills_the_sensitivity_table
     assert len(fit.calls) == 2
     for (x, _, _), mlp in zip(fit.calls, mlps):
         np.testing.assert_array_equal(x, original[mlp.input])
-    alone = [row["fidelity_alone"] for row in report["mlps"]]
-    assert all(-1.0 <= a <= 1.0 for a in alone) and -1.0 <= report["fidelity"] <= 1.0
+    # each 'alone' score: the model with only that MLP's block in place against the original, on the
+    # held-out batches, recomputed here; the total: the model with both blocks
+    _, held_out = calibrate.split(prepared, calib, 16)
+    for row, mlp, block in zip(report["mlps"], mlps, fit.blocks):
+        only, _ = rewrite_mlps(prepared, {mlp.output: block})
+        expected = _mean_token_cosine(prepared, only, held_out)
+        assert row["fidelity_alone"] == pytest.approx(expected, abs=1e-9), row
+        assert expected < 0.9999  # a fitted block is not the MLP: the score measures something
+    both, _ = rewrite_mlps(prepared, {m.output: b for m, b in zip(mlps, fit.blocks)})
+    assert report["fidelity"] == pytest.approx(_mean_token_cosine(prepared, both, held_out), abs=1e-9)
 
 
 def test_budget_is_split_over_all_fits_and_layers_pick_mlps():
@@ -160,3 +182,32 @@ def test_models_beyond_the_protobuf_limit_run_without_one_proto(monkeypatch):
     for a, b in zip(expected, calibrate.outputs(model, feeds)):
         np.testing.assert_array_equal(a, b)
     assert model.SerializeToString() == before
+
+
+def _equal_norms() -> onnx.ModelProto:
+    """x -> LayerNorm(g0, b0) -> LayerNorm(g1, b1) -> Add(tied): g0 == g1 (ones) and b0 == b1 (zeros), as in an
+    untrained model, are separate initializers; `tied` is one initializer read by two nodes."""
+    ones, zeros = np.ones(D, np.float32), np.zeros(D, np.float32)
+    inits = [numpy_helper.from_array(v, n) for v, n in ((ones, "g0"), (zeros, "b0"), (ones.copy(), "g1"),
+                                                        (zeros.copy(), "b1"), (ones * 2, "tied"))]
+    nodes = [helper.make_node("LayerNormalization", ["x", "g0", "b0"], ["n0"], name="norm0"),
+             helper.make_node("Add", ["n0", "tied"], ["a0"], name="add0"),
+             helper.make_node("LayerNormalization", ["a0", "g1", "b1"], ["n1"], name="norm1"),
+             helper.make_node("Add", ["n1", "tied"], ["y"], name="add1")]
+    graph = helper.make_graph(nodes, "norms", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["b", D])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", D])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def test_prepare_keeps_equal_initializers_apart_and_shared_ones_shared():
+    prepared = prepare(_equal_norms())
+    reads = {node.name: list(node.input[1:]) for node in prepared.graph.node}
+    values = {t.name: numpy_helper.to_array(t) for t in prepared.graph.initializer}
+    assert reads["norm0"] == ["g0", "b0"] and reads["norm1"] == ["g1", "b1"]  # not merged into one pair
+    assert reads["add0"] == reads["add1"] == ["tied"]
+    np.testing.assert_array_equal(values["g1"], np.ones(D, np.float32))
+    x = np.random.default_rng(0).standard_normal((5, D)).astype(np.float32)
+    np.testing.assert_allclose(calibrate.outputs(prepared, [{"x": x}])[0],
+                               calibrate.outputs(_equal_norms(), [{"x": x}])[0], rtol=0, atol=0)

@@ -17,7 +17,7 @@ from quweit.converter.finetune import FinetuneOptions, Teacher, finetune, schedu
 from quweit.converter.finetune_cli import main as finetune_main
 from quweit.converter.fitting import fit_block
 from quweit.converter.onnx_torch import OnnxGraphModule, write_back
-from quweit.custom_ops import BlockConfig, attach_decomposition, make_block_node, read_blocks
+from quweit.custom_ops import BlockConfig, attach_decomposition, evaluate, make_block_node, read_blocks
 from quweit.onnxio import load_model, make_session, save_model, write_npz
 
 HEAD_CONFIG = BlockConfig(lut_inputs=4, thresholds_per_feature=4, luts_per_output=2)
@@ -81,11 +81,31 @@ def test_onnx_torch_onnx_keeps_every_parameter(pair):
 
 
 def test_student_graph_block_is_exact_on_onnxruntime_inputs(pair):
+    """The torch block, given exactly the input onnxruntime's block receives, gives exactly onnxruntime's
+    block output (atol 0); inside the torch graph the block is fed the trunk's output and equals the
+    reference on whatever it receives (the trunk's float ops may differ from onnxruntime's in the last bits)."""
     _, _, student, data = pair
+    hidden, block_node = student.graph.node[-1].input[0], student.graph.node[-1]
+    assert block_node.domain == "quweit"
+    probe = onnx.ModelProto()
+    probe.CopyFrom(student)
+    probe.graph.output.append(helper.make_tensor_value_info(hidden, onnx.TensorProto.FLOAT, None))
+    ort_y, ort_h = _run(probe, data)
     graph = OnnxGraphModule(student).eval()
-    got = graph(**{k: torch.from_numpy(v) for k, v in data.items()}).numpy()
-    want = _run(student, data)[0]
-    assert np.mean(got == want) > 0.99  # trunk floats differ in the last bits; the block itself is exact
+    (block,) = graph.blocks.values()
+    with torch.no_grad():
+        torch_y = block(torch.from_numpy(ort_h)).numpy()
+    assert torch_y.dtype == ort_y.dtype and np.array_equal(torch_y.view(np.int32), ort_y.view(np.int32))
+    params = read_blocks(student)[0]
+    assert np.array_equal(evaluate(params, ort_h).view(np.int32), ort_y.view(np.int32))
+
+    seen = []
+    block.register_forward_hook(lambda module, args, output: seen.append((args[0].detach().numpy(), output.detach().numpy())))
+    with torch.no_grad():
+        graph(**{k: torch.from_numpy(v) for k, v in data.items()})
+    (torch_h, graph_y), = seen
+    np.testing.assert_allclose(torch_h, ort_h, rtol=0, atol=1e-5)  # the same value, up to trunk rounding
+    assert np.array_equal(graph_y.view(np.int32), evaluate(params, torch_h).view(np.int32))
 
 
 def _heldout_loss(model, teacher, data) -> float:
@@ -132,6 +152,39 @@ def test_cli_resume_equals_uninterrupted_run(pair, tmp_path):
     assert not read_blocks(full)[0].equals(read_blocks(load_model(paths["student"]))[0])
 
 
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_resume_never_unpickles_code(pair, tmp_path, capsys):
+    """A crafted checkpoint whose unpickling would run code is refused (weights_only=True), exit 2."""
+    paths, *_ = pair
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"step": 1, "losses": [], "seconds": 0.0, "model": {}, "optimizer": {},
+                "generator": _RunsCodeWhenUnpickled(marker)}, evil)
+    code = finetune_main([str(paths["student"]), "--teacher", str(paths["teacher"]), "--data", str(paths["data"]),
+                          "-o", str(tmp_path / "out.onnx"), "--no-progress", "--resume", str(evil)])
+    assert code == 2 and not marker.exists()
+    err = capsys.readouterr().err
+    assert f"--resume {evil}: not a readable quweit-finetune checkpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_resume_of_another_models_checkpoint_is_bad_input(pair, tmp_path, capsys):
+    paths, *_ = pair
+    other = tmp_path / "other.ckpt"
+    torch.save({"step": 1, "losses": [1.0], "seconds": 0.0, "model": {"nothing": torch.zeros(2)}, "optimizer": {},
+                "generator": {}}, other)
+    code = finetune_main([str(paths["student"]), "--teacher", str(paths["teacher"]), "--data", str(paths["data"]),
+                          "-o", str(tmp_path / "out.onnx"), "--no-progress", "--resume", str(other)])
+    assert code == 2 and "does not belong to this model" in capsys.readouterr().err
+
+
 def test_cli_errors_name_the_problem(pair, tmp_path, capsys):
     paths, *_ = pair
     out = tmp_path / "out.onnx"
@@ -164,8 +217,8 @@ def test_torchrun_two_processes_match_one_process(pair, tmp_path):
                     "--standalone", "-m", "quweit.converter.finetune_cli", *args,
                     "-o", str(tmp_path / "ddp.onnx")], check=True, env=env, cwd=tmp_path, timeout=300)
     assert finetune_main([*args, "-o", str(tmp_path / "single.onnx")]) == 0
-    ddp = torch.load(tmp_path / "ddp.onnx.ckpt", weights_only=False)["model"]
-    single = torch.load(tmp_path / "single.onnx.ckpt", weights_only=False)["model"]
+    ddp = torch.load(tmp_path / "ddp.onnx.ckpt", weights_only=True)["model"]
+    single = torch.load(tmp_path / "single.onnx.ckpt", weights_only=True)["model"]
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-5, atol=1e-6)
     a, b = (read_blocks(load_model(tmp_path / f"{n}.onnx"))[0] for n in ("ddp", "single"))
@@ -247,3 +300,47 @@ def test_resume_with_cosine_schedule_equals_uninterrupted_run(pair, tmp_path, mo
                            progress=False)
     assert not read_blocks(full)[0].equals(read_blocks(constant)[0])
 
+
+
+class _Pickled:
+    """Not a tensor, nor a plain value: loading it would mean unpickling code from the file."""
+
+
+def test_resume_refuses_a_checkpoint_that_needs_unpickling(pair, tmp_path, capsys):
+    paths, *_ = pair
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"step": 1, "model": _Pickled()}, bad)
+    assert finetune_main([str(paths["student"]), "--teacher", str(paths["teacher"]), "--data", str(paths["data"]),
+                          "-o", str(tmp_path / "out.onnx"), "--resume", str(bad), "--no-progress"]) == 2
+    assert f"{bad}: not a quweit-finetune checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_cli_keeps_a_process_group_it_did_not_create(pair, tmp_path):
+    """A training script under torchrun that calls quweit-finetune in process keeps its own process group."""
+    import torch.distributed as dist
+
+    paths, *_ = pair
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert finetune_main([str(paths["student"]), "--teacher", str(paths["teacher"]), "--data",
+                              str(paths["data"]), "-o", str(tmp_path / "out.onnx"), "--steps", "2",
+                              "--no-progress"]) == 0
+        assert dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_task_loss_takes_class_labels_and_per_token_labels_and_ignores_minus_100():
+    from quweit.converter.finetune import task_loss
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 5, 7, generator=generator)
+    labels = torch.randint(0, 7, (4, 5), generator=generator)
+    per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), labels.reshape(-1), reduction="none")
+    torch.testing.assert_close(task_loss(logits, labels), per_token.mean())  # a char LM: [B, S, V] and [B, S]
+    torch.testing.assert_close(task_loss(logits[:, 0], labels[:, 0]), per_token.reshape(4, 5)[:, 0].mean())  # [B]
+    ignored = labels.clone()
+    ignored[:, :2] = -100  # e.g. prompt or padding positions
+    torch.testing.assert_close(task_loss(logits, ignored), per_token.reshape(4, 5)[:, 2:].mean())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from quweit.converter.fitting import fit_block, holdout_error
-from quweit.custom_ops import BlockConfig
+from quweit.custom_ops import BlockConfig, evaluate
 
 
 def gelu_mlp_task(seed: int = 0, samples: int = 12000):
@@ -67,9 +67,15 @@ def test_fit_is_deterministic_for_a_seed():
 
 
 def test_single_pair_and_constant_target():
+    """One pair with a constant target: the block reproduces 7 on that input and on any other (the
+    target does not vary), to within one step of the 16-bit output quantization."""
     x = np.ones((1, 3), np.float32)
     params = fit_block(x, np.full((1, 2), 7.0, np.float32), config=BlockConfig(), progress=False)
     assert params.out_features == 2
+    others = np.random.default_rng(0).normal(scale=3.0, size=(50, 3)).astype(np.float32)
+    for inputs in (x, others):
+        got = evaluate(params, inputs)
+        assert np.abs(got - 7.0).max() <= 7.0 / (2**15 - 1), got
 
 
 @pytest.mark.parametrize(
@@ -82,3 +88,40 @@ def test_single_pair_and_constant_target():
 def test_bad_pairs_are_rejected(x, y, message):
     with pytest.raises(ValueError, match=message):
         fit_block(x, y, config=BlockConfig(), progress=False)
+
+
+def test_popcount_form_recovers_signed_contributions():
+    """Targets that are exactly bias + m * (sum of LUT bits with signs +-1): the popcount form must invert
+    the negative LUTs and fit them with zero error, every group's values equal and a power of two."""
+    from quweit.converter.fitting import refit_values
+    from quweit.custom_ops import random_params
+    from quweit.custom_ops.reference import lut_layers, quantize_inputs, thermometer
+
+    rng = np.random.default_rng(8)
+    params = random_params(rng, in_features=6, out_features=3, thresholds_per_feature=4, lut_inputs=4, group_size=4)
+    x = (rng.standard_normal((4000, 6)) * 20).astype(np.float32)
+    c = lut_layers(params, thermometer(params, quantize_inputs(params, x))).astype(np.float64).reshape(-1, 3, 4)
+    signs = np.array([[1, -1, 1, -1], [1, 1, 1, 1], [-1, -1, 1, -1]], dtype=np.float64)
+    y = (np.array([5.0, -3.0, 0.5]) + np.array([2.0, 0.25, 7.0]) * (c * signs).sum(-1)).astype(np.float32)
+    fitted = refit_values(params, x, y, BlockConfig(luts_per_output=4, popcount=True, value_bits=8))
+    values = fitted.encoded_values.reshape(3, 4)
+    assert (values == values[:, :1]).all() and (values > 0).all()
+    assert all(v & (v - 1) == 0 for v in values[:, 0].tolist())  # powers of two
+    assert np.abs(fitted.bias).max() <= 127
+    assert holdout_error(fitted, x, y) < 1e-4
+    plain = refit_values(params, x, y, BlockConfig(luts_per_output=4, value_bits=4))
+    assert np.abs(plain.encoded_values).max() <= 7 and np.abs(plain.bias).max() <= 7
+
+
+@pytest.mark.parametrize("config", [BlockConfig(luts_per_output=2, popcount=True, value_bits=6),
+                                    BlockConfig(luts_per_output=2, value_bits=4)])
+def test_hardware_value_forms_survive_training(config):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((600, 5)).astype(np.float32)
+    y = np.tanh(x @ rng.standard_normal((5, 3))).astype(np.float32)
+    params = fit_block(x, y, config=config, max_steps=5, progress=False)
+    values = params.encoded_values.reshape(3, 2)
+    limit = (1 << (config.value_bits - 1)) - 1
+    assert np.abs(values).max() <= limit and np.abs(params.bias).max() <= limit
+    if config.popcount:
+        assert (values == values[:, :1]).all()

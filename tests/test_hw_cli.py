@@ -148,3 +148,27 @@ def test_blocks_only_library_matches_reference(tmp_path):
     outs = vm["main"](*[tvm.runtime.tensor(x) for x in xs])
     for params, x, y in zip(blocks, xs, outs):
         assert same_bits(y.numpy(), evaluate(params, x))
+
+
+def test_report_on_a_small_block(tmp_path, monkeypatch, capsys):
+    """--report: every block gets synthesis counts per stage, a passing gate-level simulation, Fmax from
+    place and route, toggles and energy against the dense baseline; the JSON, table and plot are written."""
+    monkeypatch.setenv("QUWEIT_CACHE", str(tmp_path / "cache"))
+    params = random_params(np.random.default_rng(12), in_features=6, out_features=3, thresholds_per_feature=3,
+                           lut_inputs=6, group_size=2, input_bits=6)
+    save_model(make_block_model(params), tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    assert cli.main([str(tmp_path / "m.onnx"), "-o", str(out), "--report", "--target", "verilog", "--vectors", "50",
+                     "--quiet"]) == 0
+    assert "model_energy_ratio" in capsys.readouterr().out
+    hw = json.loads((out / "hardware.json").read_text())
+    [b] = hw["blocks"]
+    assert b["gate_level_simulation"]["passed"] and b["gate_level_simulation"]["vectors"] == 2 * 64 + 50
+    assert b["timing"]["placed"] and b["timing"]["fmax_mhz"] > 0
+    assert set(b["xc7"]["stages"]) == {"thermometer", "layer0", "sum"}
+    assert hw["lut6_per_model_lut"] == b["xc7"]["lut"] / 6 == pytest.approx(sum(hw["lut6_per_model_lut_split"].values()))
+    assert b["baseline"]["macs_per_token"] == 6 * 24 + 24 * 3 and b["baseline"]["mac_unit"]["exact"]
+    assert b["activity"]["toggles_per_token"] > 0 and b["block_energy_ratio"] > 1
+    assert hw["block_energy_ratio"] == pytest.approx(b["block_energy_ratio"])
+    assert hw["energy_model"]["pj_per_toggle"] > 0 and "Horowitz" in hw["energy_model"]["source"]
+    assert (out / "hardware.png").stat().st_size > 0 and "whole model" in (out / "hardware.txt").read_text()

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from hw_support import activations, block, build_tvm, run_kernel, run_ort, run_vm, same_bits
+from blocks import adversarial_inputs
+from hw_support import block, build_tvm, run_kernel, run_ort, run_vm, same_bits
 from onnx import TensorProto, helper, numpy_helper
 from quweit.custom_ops import attach_decomposition, evaluate, make_block_model, make_block_node
 from quweit.hwbackend import frontend
@@ -34,17 +35,53 @@ def offloaded_symbols(mod) -> list[str]:
     return calls
 
 
+#: Output scales that make the dequantized outputs ordinary, denormal, or overflow to +-inf.
+OUTPUT_SCALES = {"normal": None, "denormal": 3e-41, "overflow": 3e38}
+
+
+def _edge_block(n: int, layers: int):
+    """A block of CASES whose input width and output scale cycle through the edge cases."""
+    bits = (2, 8, 16, 12)[(n + layers) % 4]
+    params = block(1000 + 10 * n + layers, n=n, layers=layers, d_in=5, d_out=4, T=4, bits=bits)
+    scale = list(OUTPUT_SCALES.values())[(n + 2 * layers) % 3]
+    if scale is not None:
+        signs = np.where(np.arange(4) % 2, -1.0, 1.0)
+        params = params.replace(output_scale=(signs * scale).astype(np.float32))
+    return params
+
+
+def edge_kinds(params, x: np.ndarray) -> set[str]:
+    """Which edge cases of spec 3.1/3.5 the input `x` (and the block's outputs on it) exercise."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = x.astype(np.float32) * params.input_scale  # the spec's binary32 product
+    y = evaluate(params, x)
+    with np.errstate(invalid="ignore"):
+        return {name for name, hit in {
+            "nan": np.isnan(x).any(), "inf": np.isinf(x).any(),
+            "tie": (np.abs(p - np.trunc(p)) == 0.5).any(),
+            "saturation": (np.isfinite(p) & ((p > params.qmax + 1) | (p < params.qmin - 1))).any(),
+            "denormal": ((x != 0) & (np.abs(x) < np.finfo(np.float32).tiny)).any(),
+            "denormal_out": ((y != 0) & (np.abs(y) < np.finfo(np.float32).tiny)).any(),
+            "inf_out": np.isinf(y).any(),
+        }.items() if hit}
+
+
 @pytest.mark.parametrize("n,layers", CASES)
 def test_native_and_byoc_match_reference_and_onnxruntime(n, layers, tmp_path):
-    params = block(1000 + 10 * n + layers, n=n, layers=layers, d_in=5, d_out=4, T=4)
+    """Adversarial inputs (exact rounding ties, saturation, NaN, +-inf, denormals) and outputs (denormal,
+    overflowing), through TVM's native lowering and the BYOC C path, onnxruntime's decomposition and the
+    kernel: all equal the reference bit for bit."""
+    params = _edge_block(n, layers)
     model = make_block_model(params)
-    rng = np.random.default_rng(n)
     native = build_tvm(frontend.from_onnx(model), tmp_path, "native")
     offloaded_mod = byoc(frontend.from_onnx(model))
     assert len(offloaded_symbols(offloaded_mod)) == 1
     offloaded = build_tvm(offloaded_mod, tmp_path, "byoc")
-    for shape in [(2, 7, 5), (1, 1, 5), (0, 3, 5)]:
-        x = activations(rng, shape)
+    shapes = [(4, 60, 5), (1, 1, 5), (0, 3, 5)]
+    big = adversarial_inputs(params, shapes[0][:-1], seed=n * 10 + layers)
+    assert {"nan", "inf", "tie", "saturation", "denormal"} <= edge_kinds(params, big)
+    for shape in shapes:
+        x = big if shape == shapes[0] else adversarial_inputs(params, shape[:-1], seed=n)
         want = evaluate(params, x)
         assert same_bits(run_vm(native, x), want), shape
         assert same_bits(run_vm(offloaded, x), want), shape
@@ -70,6 +107,15 @@ def _chain_model():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     return attach_decomposition(model), first, second, weight
+
+
+def test_edge_outputs_are_covered():
+    """Across CASES, outputs are denormal for some blocks and overflow to +-inf for others."""
+    kinds = set()
+    for n, layers in CASES:
+        params = _edge_block(n, layers)
+        kinds |= edge_kinds(params, adversarial_inputs(params, (4, 60), seed=n * 10 + layers))
+    assert {"denormal_out", "inf_out"} <= kinds
 
 
 def test_partition_offloads_only_the_blocks_of_a_mixed_graph(tmp_path):
@@ -122,6 +168,16 @@ def test_invalid_block_is_rejected_with_its_node_name():
     bad[0, 0] = np.uint64(1 << 40)  # bits above 2^n set
     table.CopyFrom(numpy_helper.from_array(bad, table.name))
     with pytest.raises(ValueError, match="node 'block'.*'tables'"):
+        frontend.from_onnx(model)
+
+
+def test_missing_input_bits_is_rejected_not_defaulted():
+    model = make_block_model(block(2, n=2, layers=1, bits=6))
+    node = model.graph.node[0]
+    kept = [a for a in node.attribute if a.name != "input_bits"]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    with pytest.raises(ValueError, match="node 'block'.*'input_bits': attribute is missing"):
         frontend.from_onnx(model)
 
 

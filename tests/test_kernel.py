@@ -1,6 +1,8 @@
 """The onnxruntime C++ kernel equals the numpy oracle bit for bit (atol = 0), on every instruction-set
-path this CPU has, with 1 and 2 intra-op threads; and it rejects invalid parameters and inputs with an
-onnxruntime error naming the node, the parameter and the value.
+path this CPU has, on each of its evaluation paths (direct, byte-sliced, bit-sliced; forced with
+QUWEIT_KERNEL_PATH, each at every token count from 1 to 130), with 1 and 2 intra-op threads; and it
+rejects invalid parameters and inputs with an onnxruntime error naming the node, the parameter and the
+value.
 
 The models here carry no ONNX-function decomposition, so only the kernel can run them. Also run under
 AddressSanitizer by test_kernel_asan.py (QUWEIT_ORT_LIBRARY points at the sanitized build).
@@ -49,30 +51,43 @@ def kernel_only(params, leading=("batch", "sequence")) -> onnx.ModelProto:
     return model
 
 
-def run_kernel(model: onnx.ModelProto, x: np.ndarray, *, threads: int = 1, isa: str | None = None) -> np.ndarray:
-    with isa_forced(isa):
-        session = make_session(model, threads=threads)
-    return session.run(None, {"X": x})[0]
+#: The kernel's evaluation paths (QUWEIT_KERNEL_PATH); None: chosen by token count.
+PATHS = ("direct", "byteslice", "bitslice")
 
 
-class isa_forced:
-    """Set QUWEIT_ISA (read by the kernel at creation) for the duration of a block."""
+def run_kernel(model: onnx.ModelProto, x: np.ndarray, *, threads: int = 1, isa: str | None = None,
+               path: str | None = None) -> np.ndarray:
+    return kernel_session(model, threads=threads, isa=isa, path=path).run(None, {"X": x})[0]
 
-    def __init__(self, isa: str | None):
-        self.isa = isa
+
+def kernel_session(model: onnx.ModelProto, *, threads: int = 1, isa: str | None = None, path: str | None = None):
+    with env_forced("QUWEIT_ISA", isa), env_forced("QUWEIT_KERNEL_PATH", path):
+        return make_session(model, threads=threads)
+
+
+class env_forced:
+    """Set an environment variable read by the kernel at creation (QUWEIT_ISA, QUWEIT_KERNEL_PATH) for
+    the duration of a block; None unsets it."""
+
+    def __init__(self, name: str, value: str | None):
+        self.name, self.value = name, value
 
     def __enter__(self):
-        self.saved = os.environ.get("QUWEIT_ISA")
-        if self.isa is None:
-            os.environ.pop("QUWEIT_ISA", None)
+        self.saved = os.environ.get(self.name)
+        if self.value is None:
+            os.environ.pop(self.name, None)
         else:
-            os.environ["QUWEIT_ISA"] = self.isa
+            os.environ[self.name] = self.value
 
     def __exit__(self, *exc):
         if self.saved is None:
-            os.environ.pop("QUWEIT_ISA", None)
+            os.environ.pop(self.name, None)
         else:
-            os.environ["QUWEIT_ISA"] = self.saved
+            os.environ[self.name] = self.saved
+
+
+def isa_forced(isa: str | None) -> env_forced:
+    return env_forced("QUWEIT_ISA", isa)
 
 
 TOKEN_SHAPES = st.one_of(LEADING_SHAPES, st.tuples(st.integers(1, 2), st.integers(60, 700)))
@@ -80,11 +95,56 @@ TOKEN_SHAPES = st.one_of(LEADING_SHAPES, st.tuples(st.integers(1, 2), st.integer
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(params=blocks(), shape=TOKEN_SHAPES, seed=st.integers(0, 2**31), threads=st.sampled_from([1, 2]),
-       isa=st.sampled_from(ISAS))
-def test_kernel_equals_reference(params, shape, seed, threads, isa):
+       isa=st.sampled_from(ISAS), path=st.sampled_from((None, *PATHS)))
+def test_kernel_equals_reference(params, shape, seed, threads, isa, path):
     x = adversarial_inputs(params, shape, seed)
     model = kernel_only(params, tuple(f"d{i}" for i in range(len(shape))))
-    assert same_bits(run_kernel(model, x, threads=threads, isa=isa), evaluate(params, x))
+    assert same_bits(run_kernel(model, x, threads=threads, isa=isa, path=path), evaluate(params, x))
+
+
+def path_block(lut_inputs: int):
+    """A block per LUT width for the path tests: 1, 2 or 3 layers; encoded values near the accumulator
+    bound (so partial sums use all 32 bits); input_bits 2, 8 or 16 (int8 and int16 thermometers)."""
+    layers = 1 + lut_inputs % 3
+    out_features, group = 9 + lut_inputs, 1 + lut_inputs % 4
+    hidden = tuple(23 + 7 * k for k in range(layers - 1))
+    return random_params(np.random.default_rng(100 + lut_inputs), in_features=13 + 2 * lut_inputs,
+                         out_features=out_features, thresholds_per_feature=1 + lut_inputs % 5,
+                         lut_inputs=lut_inputs, layer_sizes=(*hidden, out_features * group),
+                         input_bits=(8, 16, 2)[lut_inputs % 3], value_bits=30 - group)
+
+
+TOKEN_COUNTS = range(1, 131)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("lut_inputs", range(1, 9))
+def test_each_path_at_every_token_count(path, lut_inputs):
+    """Each path on its own (forced), on every ISA, at every token count from 1 to 130: direct tokens,
+    byte-sliced tiles of 16 or 32 tokens, bit-sliced tiles of 64 to 512, their ragged ends included."""
+    params = path_block(lut_inputs)
+    x = adversarial_inputs(params, (TOKEN_COUNTS[-1],), seed=lut_inputs)
+    want = evaluate(params, x)  # tokens are independent: the first m rows of the answer are the answer for m
+    model = kernel_only(params, ("tokens",))
+    for isa in ISAS:
+        session = kernel_session(model, isa=isa, path=path)
+        for count in TOKEN_COUNTS:
+            assert same_bits(session.run(None, {"X": x[:count]})[0], want[:count]), (isa, count)
+
+
+@pytest.mark.parametrize("path", (None, *PATHS))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_wide_tile_shared_among_threads(path, threads):
+    """A single tile of a block wide enough to share its LUTs among threads (hidden layer in ranges of
+    64 LUTs, outputs in ranges of 16), from 1 to 40 tokens."""
+    params = random_params(np.random.default_rng(5), in_features=70, out_features=200, thresholds_per_feature=5,
+                           lut_inputs=6, layer_sizes=(1700, 200 * 9), value_bits=27)
+    x = adversarial_inputs(params, (40,), seed=5)
+    want = evaluate(params, x)
+    for isa in ISAS:
+        session = kernel_session(kernel_only(params, ("tokens",)), threads=threads, isa=isa, path=path)
+        for count in (1, 2, 3, 16, 31, 32, 33, 40):
+            assert same_bits(session.run(None, {"X": x[:count]})[0], want[:count]), (isa, count)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -191,9 +251,11 @@ def set_attribute(model: onnx.ModelProto, name: str, value) -> onnx.ModelProto:
     ("lut_inputs", 9, "value 9 is outside [1, 8]"),
     ("lut_inputs", None, "attribute is missing"),
     ("input_bits", 1, "value 1 is outside [2, 16]"),
+    ("input_bits", None, "attribute is missing"),  # required by the spec: no silent default of 8
     ("layer_sizes", None, "attribute is missing"),
     ("layer_sizes", [9, 0], "entry 1 must be an int >= 1, got 0"),
     ("in_features", 7, "attribute is 7 but the parameters give 6"),
+    ("thresholds_per_feature", None, "attribute is missing"),
 ])
 def test_invalid_attributes_fail_session_creation(name, value, expected):
     model = set_attribute(kernel_only(base_params()), name, value)
@@ -236,6 +298,11 @@ def test_input_with_wrong_dtype_fails_the_run():
 
 def test_unknown_isa_request_is_an_error_not_a_fallback():
     with isa_forced("avx9000"), pytest.raises(CREATION_ERRORS, match="QUWEIT_ISA.*avx9000"):
+        make_session(kernel_only(base_params()))
+
+
+def test_unknown_path_request_is_an_error_not_a_fallback():
+    with env_forced("QUWEIT_KERNEL_PATH", "sideways"), pytest.raises(CREATION_ERRORS, match="QUWEIT_KERNEL_PATH.*sideways"):
         make_session(kernel_only(base_params()))
 
 

@@ -311,3 +311,48 @@ def test_synthetic_policy_follows_the_declared_inputs():
     assert onnxio.check_inputs(model, arrays) == 5
     free = onnxio.synthetic_inputs(_matmul_model(), samples=2, length=9)
     assert free["x"].shape == (2, D) and free["x"].dtype == np.float32
+
+
+def test_text_that_is_not_utf8_is_refused(tmp_path):
+    """Found by bench/fuzz.py: a bit flip inside a node's metadata made a proto2 string invalid UTF-8;
+    protobuf hands it over as bytes and the converter's IR failed deep inside (exit 1)."""
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.graph.node[0].metadata_props.add(key="note", value="A\u0394B")
+    data = model.SerializeToString()
+    assert data.count("\u0394".encode()) == 1
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data.replace("\u0394".encode(), b"\xf4y"))
+    with pytest.raises(BadInputError, match=r"node\[relu\]\.metadata_props\[0\]\.value is not valid UTF-8"):
+        onnxio.load_model(path)
+
+
+def test_an_absurd_fixed_batch_is_refused_before_padding():
+    """Found by bench/fuzz.py: a model declaring a batch of 2^40 made `runs` repeat the samples up to it
+    (a 2^40-row allocation: out of memory, or an abort under AddressSanitizer)."""
+    from quweit.onnxio import runs
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1 << 40, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1 << 40, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(BadInputError, match="fix a batch of 1099511627776 rows"):
+        runs(model, {"x": np.zeros((4, 3), np.float32)}, 2)
+    small = helper.make_model(helper.make_graph(graph.node, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 3])],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 3])]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    (run,) = runs(small, {"x": np.zeros((4, 3), np.float32)}, 2)
+    assert run.rows == 4 and run.feeds["x"].shape == (8, 3)  # an ordinary fixed batch is still filled up
+
+
+def test_synthetic_inputs_refuse_an_absurd_declared_axis():
+    from quweit.onnxio import synthetic_inputs
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1 << 40])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1 << 40])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(BadInputError, match="model input 'x' is declared .* pass real inputs"):
+        synthetic_inputs(model)

@@ -135,6 +135,30 @@ def test_attribute_mismatch_is_reported(good):
         read_blocks(model)
 
 
+@pytest.mark.parametrize("name", ["input_bits", "lut_inputs", "layer_sizes", "in_features", "out_features",
+                                  "thresholds_per_feature"])
+def test_required_attribute_missing_is_named(good, name):
+    """No silent default (input_bits used to become 8): the spec requires every structure attribute."""
+    model = make_block_model(good)
+    node = model.graph.node[0]
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    with _expect(f"node 'block': parameter '{name}': attribute is missing"):
+        read_blocks(model)
+
+
+@pytest.mark.parametrize("versions", [[2], [0], [], [1, 1]])
+def test_other_op_versions_are_refused(good, versions):
+    """A future (or missing) version of domain quweit may mean other semantics: never read as v1."""
+    model = make_block_model(good)
+    kept = [e for e in model.opset_import if e.domain != "quweit"]
+    del model.opset_import[:]
+    model.opset_import.extend(kept + [onnx.helper.make_opsetid("quweit", v) for v in versions])
+    with _expect("parameter 'opset_import': the model imports domain 'quweit' at"):
+        read_blocks(model)
+
+
 def test_onnx_round_trip_keeps_every_parameter(good):
     (again,) = read_blocks(make_block_model(good))
     assert again.equals(good)

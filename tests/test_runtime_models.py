@@ -10,24 +10,13 @@ than the export's.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from models import FAMILIES, export, reference_inputs
+from models import FAMILIES, export, reference_inputs, without_decomposition
 from quweit import onnxio
 from quweit.converter.convert import replace_mlps
-from quweit.custom_ops import DOMAIN, OP_TYPE
 from quweit.onnxio import load_model
 from quweit.runtime import make_session
-
-
-def without_decomposition(model: onnx.ModelProto) -> onnx.ModelProto:
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model)
-    kept = [f for f in stripped.functions if not (f.domain == DOMAIN and f.name == OP_TYPE)]
-    del stripped.functions[:]
-    stripped.functions.extend(kept)
-    return stripped
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])

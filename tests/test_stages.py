@@ -11,7 +11,7 @@ import pytest
 from models import FAMILIES, export, reference_inputs
 from quweit.converter import calibrate, stages
 from quweit.converter.convert import convert
-from quweit.converter.detect import detect, prepare, rewrite_mlps
+from quweit.converter.detect import detect, normalise, rewrite_mlps
 from quweit.custom_ops import random_params
 from quweit.onnxio import first_output, load_model, make_session, runs
 
@@ -39,7 +39,7 @@ def _block(mlp, seed: int):
 @pytest.mark.parametrize("case", CASES, ids=[f"{f}-{e}" for f, e in CASES])
 def test_streams_give_what_the_whole_model_gives(exported, case):
     family, _ = case
-    model = prepare(exported[case])
+    model = normalise(exported[case])
     mlps = detect(model).mlps
     feeds = runs(model, _data(family), 4)
     whole = first_output(make_session(model), feeds)
@@ -72,7 +72,7 @@ def test_each_step_is_built_once_and_no_session_holds_the_whole_model(exported, 
         return real(model, **kwargs)
 
     monkeypatch.setattr(stages, "make_session", counting)
-    whole = sum(1 for _ in prepare(exported[case]).graph)
+    whole = sum(1 for _ in normalise(exported[case]).graph)
     _, report = convert(exported[case], calib=_data("llama"), progress=False)  # sensitivity on: forks
     assert report["mlps_replaced"] == 2 and "fidelity_alone" in report["mlps"][1]
     steps = 2 * 2 + 1  # segment + MLP per MLP, and the tail
@@ -85,7 +85,7 @@ def test_the_reported_fidelity_is_the_saved_models(exported, tmp_path):
     case = ("bert", "legacy")
     data = _data("bert")
     converted, report = convert(exported[case], calib=data, progress=False, sensitivity=False)
-    prepared = prepare(exported[case])
+    prepared = normalise(exported[case])
     _, held_out = calibrate.split(prepared, data, 16)
     reference = first_output(make_session(exported[case]), held_out)
     saved = first_output(make_session(converted), held_out)

@@ -25,7 +25,7 @@ def test_eval_forward_equals_reference(params, shape, seed, candidates):
 @settings(max_examples=30, deadline=None)
 @given(params=blocks(max_features=64), seed=st.integers(0, 2**32 - 1))
 def test_training_forward_equals_eval_forward(params, seed):
-    """Training mode computes the same function (its float accumulation is exact at these sizes)."""
+    """Training mode computes the same function (its conditional sum is exact: float64, rounded once)."""
     x = adversarial_inputs(params, (7,), seed)
     module = WeightlessBlock.from_params(params)
     expected = evaluate(params, x)

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from onnx_ir.passes.common import InlinePass
 from onnxscript.rewriter import pattern
 
+from .ort_fused import ORT_ACTIVATION_OPS
+
 SQRT2 = math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -64,23 +66,25 @@ def quick_gelu(op, h):
 
 #: Multi-node written forms, fused into one call of a model-local function `quweit.act::<name>` before
 #: the MLP rules run (so those rules see one activation node), and inlined back afterwards where unused.
-FUSED_FORMS: dict[str, tuple[Callable, str]] = {
-    "gelu_erf_inner": (gelu_erf_inner, "gelu"),
-    "gelu_erf_outer": (gelu_erf_outer, "gelu"),
-    "gelu_erf_inner_mul": (gelu_erf_inner_mul, "gelu"),
-    "gelu_erf_outer_mul": (gelu_erf_outer_mul, "gelu"),
-    "gelu_tanh_outer": (gelu_tanh_outer, "gelu_tanh"),
-    "gelu_tanh_inner": (gelu_tanh_inner, "gelu_tanh"),
-    "silu": (silu, "silu"),
-    "quick_gelu": (quick_gelu, "quick_gelu"),
+#: Each form names the op it cannot do without (forms whose op the graph lacks are not tried).
+FUSED_FORMS: dict[str, tuple[Callable, str, str]] = {
+    "gelu_erf_inner": (gelu_erf_inner, "gelu", "Erf"),
+    "gelu_erf_outer": (gelu_erf_outer, "gelu", "Erf"),
+    "gelu_erf_inner_mul": (gelu_erf_inner_mul, "gelu", "Erf"),
+    "gelu_erf_outer_mul": (gelu_erf_outer_mul, "gelu", "Erf"),
+    "gelu_tanh_outer": (gelu_tanh_outer, "gelu_tanh", "Tanh"),
+    "gelu_tanh_inner": (gelu_tanh_inner, "gelu_tanh", "Tanh"),
+    "silu": (silu, "silu", "Sigmoid"),
+    "quick_gelu": (quick_gelu, "quick_gelu", "Sigmoid"),
 }
 ACT_DOMAIN = "quweit.act"
 #: Activation nodes the MLP rules accept: (domain, op_type) -> name for people. `Gelu` is refined by its
-#: `approximate` attribute.
+#: `approximate` attribute, `QuickGelu` by its `alpha`; onnxruntime's fused ones are in `ort_fused`.
 ACTIVATION_OPS: dict[tuple[str, str], str] = {
     ("", "Relu"): "relu",
     ("", "Gelu"): "gelu",
-    **{(ACT_DOMAIN, name): name for name in sorted({n for _, n in FUSED_FORMS.values()})},
+    **{(ACT_DOMAIN, name): name for name in sorted({form[1] for form in FUSED_FORMS.values()})},
+    **ORT_ACTIVATION_OPS,
 }
 
 
@@ -89,7 +93,7 @@ class ActivationFusion(pattern.RewriteRuleClassBase):
 
     def __init__(self, form: str) -> None:
         super().__init__(name=f"fuse[{form}]", as_function=True)
-        self.build, self.act = FUSED_FORMS[form]
+        self.build, self.act, _ = FUSED_FORMS[form]
 
     def pattern(self, op, h):
         return self.build(op, h)
@@ -98,13 +102,16 @@ class ActivationFusion(pattern.RewriteRuleClassBase):
         return op.op(self.act, h, _domain=ACT_DOMAIN)
 
 
-def activation_fusions() -> pattern.RewriteRuleSet:
-    return pattern.RewriteRuleSet([ActivationFusion.rule(form) for form in FUSED_FORMS], commute=True)
+def activation_fusions(present: set[str] | None = None) -> pattern.RewriteRuleSet | None:
+    """The fusions of the written forms whose key op is among `present` op types (all when None)."""
+    rules = [ActivationFusion.rule(form) for form, (_, _, key) in FUSED_FORMS.items() if present is None or key in present]
+    return pattern.RewriteRuleSet(rules, commute=True) if rules else None
 
 
-def inline_activations(model) -> None:
-    """Inline the activation calls that no MLP rule consumed, restoring the exporter's nodes."""
-    InlinePass(criteria=lambda f: f.domain == ACT_DOMAIN)(model)
-    for key in [k for k in model.functions if k[0] == ACT_DOMAIN]:
+def inline_fused(model, domains: tuple[str, ...]) -> None:
+    """Inline the fused calls of `domains` that no MLP rule consumed, restoring the exporter's nodes."""
+    InlinePass(criteria=lambda f: f.domain in domains)(model)
+    for key in [k for k in model.functions if k[0] in domains]:
         del model.functions[key]
-    model.opset_imports.pop(ACT_DOMAIN, None)
+    for domain in domains:
+        model.opset_imports.pop(domain, None)

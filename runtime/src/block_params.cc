@@ -75,12 +75,9 @@ class Reader {
     return false;
   }
 
-  int64_t int_attr(const char* name, int64_t low, int64_t high, const int64_t* fallback = nullptr) const {
+  int64_t int_attr(const char* name, int64_t low, int64_t high) const {
     int64_t value = 0;
-    if (!has_int(name, &value)) {
-      if (fallback) return *fallback;
-      fail(name, "attribute is missing");
-    }
+    if (!has_int(name, &value)) fail(name, "attribute is missing");
     check_range(name, value, low, high);
     return value;
   }
@@ -150,9 +147,8 @@ BlockParams read_block_params(const Ort::ConstKernelInfo& info) {
   p.node = info.GetNodeName();
   Reader reader(info, p.node);
 
-  const int64_t default_bits = 8;
   const int64_t n = reader.int_attr("lut_inputs", 1, 8);
-  const int64_t bits = reader.int_attr("input_bits", 2, 16, &default_bits);
+  const int64_t bits = reader.int_attr("input_bits", 2, 16);  // required (spec section 1): no default
   const std::vector<int64_t> sizes = reader.ints_attr("layer_sizes");
   if (sizes.empty()) reader.fail("layer_sizes", "must be a non-empty list of ints, got []");
   int64_t total = 0;
@@ -191,9 +187,10 @@ BlockParams read_block_params(const Ort::ConstKernelInfo& info) {
                                    std::to_string(d_out) + " (group sizes must divide)");
   const char* derived_names[3] = {"in_features", "out_features", "thresholds_per_feature"};
   const int64_t derived[3] = {d_in, d_out, t_per};
-  for (int a = 0; a < 3; ++a) {
+  for (int a = 0; a < 3; ++a) {  // required, like every attribute (spec section 1)
     int64_t stated = 0;
-    if (reader.has_int(derived_names[a], &stated) && stated != derived[a])
+    if (!reader.has_int(derived_names[a], &stated)) reader.fail(derived_names[a], "attribute is missing");
+    if (stated != derived[a])
       reader.fail(derived_names[a], "attribute is " + std::to_string(stated) + " but the parameters give " +
                                         std::to_string(derived[a]));
   }

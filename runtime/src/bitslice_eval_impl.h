@@ -7,7 +7,7 @@
 // independent of the token count; conditional sums add encoded values under per-token bit masks into
 // int32 accumulators. No standard-library templates here: this code is compiled once per ISA.
 #ifndef QUWEIT_ISA
-#error "define QUWEIT_ISA before including tile_eval_impl.h"
+#error "define QUWEIT_ISA and include simd_common.h before including bitslice_eval_impl.h"
 #endif
 
 #include "block_plan.h"
@@ -24,56 +24,25 @@ struct Plane<1> {
   typedef uint64_t __attribute__((may_alias)) type;
 };
 
-// Conditional sums run on the ISA's native int32 vector (QUWEIT_LANES tokens per operation).
-#ifndef QUWEIT_LANES
-#error "define QUWEIT_LANES (int32 lanes of the ISA's vectors) before including tile_eval_impl.h"
-#endif
-constexpr int kLanes = QUWEIT_LANES;
-typedef int32_t Lanes __attribute__((vector_size(4 * kLanes), may_alias));
-typedef float Floats __attribute__((vector_size(4 * kLanes), may_alias));
-
-#define QUWEIT_INLINE inline __attribute__((always_inline))
-
-template <typename T>
-QUWEIT_INLINE T* align64(T* p) {
-  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~static_cast<uintptr_t>(63));
-}
-
-// Spec 3.1 for one element: NaN -> 0, clamp, round half to even (exact via the 1.5 * 2^23 trick, since
-// |value| <= 2^15 after clamping), one binary32 multiplication (the build disables FMA contraction).
-QUWEIT_INLINE int16_t quantize(float x, float scale, float qmin, float qmax) {
-  float p = x * scale;
-  p = (p == p) ? p : 0.0f;
-  p = p < qmin ? qmin : p;
-  p = p > qmax ? qmax : p;
-  const float magic = 12582912.0f;
-  return static_cast<int16_t>(static_cast<int32_t>((p + magic) - magic));
-}
-
-// Spec 3.1 + 3.2: quantize the tile's tokens feature block by feature block (transposed, token-minor)
-// and write one bit plane per (feature, threshold): bit m = q[m] > threshold.
+// Spec 3.1 + 3.2: quantize the tile's tokens kLanes features at a time (transposed, token-minor) and
+// write one bit plane per (feature, threshold): bit m = q[m] > threshold.
 template <int K>
 QUWEIT_INLINE void encode_thermometer(const BlockPlan& plan, const float* x, int64_t begin, int64_t count,
                                       uint64_t* planes, int16_t* qt) {
   constexpr int kTokens = 64 * K;
   const int d_in = plan.in_features;
   const int t_per = plan.thresholds_per_feature;
-  for (int i0 = 0; i0 < d_in; i0 += kFeatureBlock) {
-    const int nb = d_in - i0 < kFeatureBlock ? d_in - i0 : kFeatureBlock;
-    const float* scale = plan.input_scale + i0;
-    for (int64_t m = 0; m < count; ++m) {
-      const float* row = x + (begin + m) * static_cast<int64_t>(d_in) + i0;
-      for (int ii = 0; ii < nb; ++ii) qt[ii * kTokens + m] = quantize(row[ii], scale[ii], plan.qmin, plan.qmax);
-    }
-    for (int ii = 0; ii < nb; ++ii)
-      for (int64_t m = count; m < kTokens; ++m) qt[ii * kTokens + m] = 0;  // padding tokens: any value
+  const int64_t slots = (count + 63) / 64 * 64;  // whole words; later words are never stored
+  for (int i0 = 0; i0 < d_in; i0 += kLanes) {
+    const int nb = d_in - i0 < kLanes ? d_in - i0 : kLanes;
+    quantize_transposed(plan, x, begin, count, i0, nb, qt, kTokens, slots);
     for (int ii = 0; ii < nb; ++ii) {
       const int i = i0 + ii;
       const int16_t* q = qt + ii * kTokens;
       for (int t = 0; t < t_per; ++t) {
         const int16_t threshold = plan.thresholds[i * t_per + t];
         uint64_t* plane = planes + static_cast<int64_t>(i * t_per + t) * K;
-        for (int w = 0; w < K; ++w) plane[w] = gt_mask64(q + 64 * w, threshold);
+        for (int w = 0; w < K; ++w) plane[w] = w * 64 < slots ? gt_mask64(q + 64 * w, threshold) : 0;
       }
     }
   }
@@ -156,41 +125,58 @@ QUWEIT_INLINE void eval_layer(const BlockPlan& plan, int k, const uint64_t* in, 
   }
 }
 
-// Spec 3.4 + 3.5 for a block of outputs: per kLanes tokens, acc = bias + sum of encoded values whose LUT
-// bit is set (a lane mask from kLanes bits of the plane), then fl32(acc) * output_scale into the staging
-// buffer yt[output][token]; finally rows of Y are written contiguously.
+// Spec 3.4 for output o and tokens [32 h, 32 h + 32) of the tile: acc[c] lane j (token 32 h + kLanes c
+// + j) = bias + the encoded values of o's LUTs whose bit is set. With byte shuffles (AVX2): four LUTs'
+// bits become a 4-bit pattern per token that indexes their precomputed partial sums (byteslice path's
+// add_pattern_sums); otherwise each LUT adds its value under a lane mask.
+template <int K>
+QUWEIT_INLINE void sum_half(const BlockPlan& plan, const uint64_t* bits, int64_t o, int h, Lanes* acc) {
+  const int g_size = plan.group_size;
+  const uint32_t* words = reinterpret_cast<const uint32_t*>(bits + o * g_size * K) + h;  // little-endian halves
+#ifdef QUWEIT_PATTERN_SUMS
+  static_assert(kByteTokens == 32, "pattern sums take 32 tokens per vector");
+  for (int c = 0; c < 32 / kLanes; ++c) acc[c] = Lanes{};
+  for (int j = 0; j < plan.sum_groups; ++j) {
+    const int width = g_size - 4 * j < 4 ? g_size - 4 * j : 4;
+    Bytes pattern = expand_bits(words[2 * K * (4 * j)]) & 1;
+    for (int b = 1; b < width; ++b) pattern |= expand_bits(words[2 * K * (4 * j + b)]) & static_cast<uint8_t>(1 << b);
+    add_pattern_sums(pattern, plan.sum_planes + (o * plan.sum_groups + j) * 64, acc);
+  }
+#else
+  Lanes select[32 / kLanes];
+  for (int c = 0; c < 32 / kLanes; ++c) {
+    for (int i = 0; i < kLanes; ++i) select[c][i] = static_cast<int32_t>(uint32_t{1} << (c * kLanes + i));
+    acc[c] = Lanes{} + plan.bias[o];
+  }
+  const int32_t* values = plan.encoded_values + o * g_size;
+  for (int g = 0; g < g_size; ++g) {
+    const Lanes word = Lanes{} + static_cast<int32_t>(words[2 * K * g]);
+    const Lanes value = Lanes{} + values[g];
+    for (int c = 0; c < 32 / kLanes; ++c) acc[c] += ((word & select[c]) == select[c]) & value;
+  }
+#endif
+}
+
+// Spec 3.4 + 3.5 for the tile: kLanes outputs at a time, 32 tokens at a time, fl32(acc) * output_scale
+// into the staging rows yt[output][token], then rows of Y through transposes.
 template <int K>
 QUWEIT_INLINE void sum_and_store(const BlockPlan& plan, const uint64_t* bits, float* y, int64_t begin,
                                  int64_t count, float* yt) {
   constexpr int kTokens = 64 * K;
-  constexpr uint64_t kChunkMask = (uint64_t{1} << kLanes) - 1;
-  Lanes lane_bit;
-  for (int i = 0; i < kLanes; ++i) lane_bit[i] = 1 << i;
   const int d_out = plan.out_features;
-  const int g_size = plan.group_size;
-  const int chunks = static_cast<int>((count + kLanes - 1) / kLanes);
-  for (int o0 = 0; o0 < d_out; o0 += kOutputBlock) {
-    const int ob = d_out - o0 < kOutputBlock ? d_out - o0 : kOutputBlock;
+  const int halves = static_cast<int>((count + 31) / 32);
+  for (int o0 = 0; o0 < d_out; o0 += kLanes) {
+    const int ob = d_out - o0 < kLanes ? d_out - o0 : kLanes;
     for (int oo = 0; oo < ob; ++oo) {
-      const int o = o0 + oo;
-      const uint64_t* group = bits + static_cast<int64_t>(o) * g_size * K;
-      const int32_t* values = plan.encoded_values + static_cast<int64_t>(o) * g_size;
-      const float scale = plan.output_scale[o];
-      for (int c = 0; c < chunks; ++c) {
-        const int first = c * kLanes;
-        Lanes acc = lane_bit * 0 + plan.bias[o];
-        for (int g = 0; g < g_size; ++g) {
-          const int32_t chunk = static_cast<int32_t>((group[g * K + (first >> 6)] >> (first & 63)) & kChunkMask);
-          const Lanes mask = (lane_bit & chunk) != 0;
-          acc += mask & values[g];
-        }
-        *reinterpret_cast<Floats*>(yt + oo * kTokens + first) = __builtin_convertvector(acc, Floats) * scale;
+      const float scale = plan.output_scale[o0 + oo];
+      for (int h = 0; h < halves; ++h) {
+        Lanes acc[32 / kLanes];
+        sum_half<K>(plan, bits, o0 + oo, h, acc);
+        for (int c = 0; c < 32 / kLanes; ++c)
+          *reinterpret_cast<Floats*>(yt + oo * kTokens + 32 * h + c * kLanes) = __builtin_convertvector(acc[c], Floats) * scale;
       }
     }
-    for (int64_t m = 0; m < count; ++m) {
-      float* row = y + (begin + m) * static_cast<int64_t>(d_out) + o0;
-      for (int oo = 0; oo < ob; ++oo) row[oo] = yt[oo * kTokens + m];
-    }
+    store_transposed(yt, kTokens, y, d_out, o0, ob, begin, count);
   }
 }
 
@@ -201,7 +187,7 @@ void evaluate_tile(const BlockPlan& plan, const float* x, float* y, int64_t begi
   uint64_t* buffer_a = align64(static_cast<uint64_t*>(scratch));
   uint64_t* buffer_b = align64(buffer_a + plane_words);
   int16_t* qt = align64(reinterpret_cast<int16_t*>(buffer_b + plane_words));
-  float* yt = align64(reinterpret_cast<float*>(qt + kFeatureBlock * kTokens));
+  float* yt = align64(reinterpret_cast<float*>(qt + kLanes * kTokens));
   encode_thermometer<K>(plan, x, begin, count, buffer_a, qt);
   uint64_t* in = buffer_a;
   uint64_t* out = buffer_b;

@@ -15,14 +15,16 @@ refines them.
 from __future__ import annotations
 
 import numpy as np
+from quweit.custom_ops.config import BlockConfig
+from quweit.custom_ops.params import WeightlessBlockParams, pack_tables
+from quweit.custom_ops.reference import lut_addresses, quantize, thermometer_bits
 
-from .config import BlockConfig
 from .encoding_fit import fit_input_scale, fit_thresholds
-from .params import WeightlessBlockParams, pack_tables
-from .reference import lut_addresses, quantize, thermometer_bits
 
 DEFAULT_VALUE_BITS = 16
 RIDGE = 1e-3
+#: Pairs used by the closed form (it holds all thermometer bits in memory).
+CLOSED_FORM_SAMPLES = 20000
 
 
 def linear_influence(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -40,7 +42,10 @@ def solve_values(c: np.ndarray, y: np.ndarray, group_size: int) -> tuple[np.ndar
     design = np.concatenate(
         [c.reshape(m, d_out, group_size).astype(np.float64), np.ones((m, d_out, 1))], axis=2
     ).transpose(1, 0, 2)  # [D_out, M, G+1]
-    gram = design.transpose(0, 2, 1) @ design + RIDGE * np.eye(group_size + 1)
+    # ridge on the encoded values only: shrinking the bias (the intercept) would pull every output
+    # towards 0 (a constant target of 7 fitted on one sample came out as 6.993)
+    penalty = RIDGE * np.diag(np.r_[np.ones(group_size), 0.0])
+    gram = design.transpose(0, 2, 1) @ design + penalty
     rhs = design.transpose(0, 2, 1) @ y.T.astype(np.float64)[:, :, None]
     sol = np.linalg.solve(gram, rhs)[:, :, 0]  # [D_out, G+1]
     return sol[:, :group_size].reshape(-1), sol[:, group_size]
@@ -57,8 +62,50 @@ def quantize_values(values: np.ndarray, bias: np.ndarray, group_size: int, value
     return v, b, scale
 
 
+def popcount_values(c: np.ndarray, y: np.ndarray, values: np.ndarray, group_size: int, value_bits: int):
+    """The popcount form of a least-squares fit: every LUT of a group adds the same power of two.
+
+    A LUT whose value is negative is inverted (`v * c = |v| * (1 - c) + v`), so every contribution is
+    positive; then per output `y ~ b + m * popcount` by least squares, and `m` becomes the power of two
+    `V` times `output_scale` with `|bias| <= 2^(value_bits-1) - 1`. Returns `(v, b, scale, flip [L])`.
+    """
+    m_rows, d_out = y.shape
+    flip = values < 0
+    bits = np.where(flip[None, :], 1 - c, c).reshape(m_rows, d_out, group_size).sum(-1).astype(np.float64)
+    pop_mean, y_mean = bits.mean(0), y.astype(np.float64).mean(0)
+    pc = bits - pop_mean
+    slope = (pc * (y - y_mean)).sum(0) / np.maximum((pc * pc).sum(0) + RIDGE, 1e-12)
+    # a negative slope: invert the whole group once more (popcount -> G - popcount)
+    turn = slope < 0
+    flip ^= np.repeat(turn, group_size)
+    slope = np.abs(slope)
+    pop_mean = np.where(turn, group_size - pop_mean, pop_mean)
+    offset = y_mean - slope * pop_mean
+    limit = (1 << (value_bits - 1)) - 1
+    unit0 = np.maximum(np.maximum(slope, np.abs(offset)) / limit, 1e-30)
+    power = np.where(slope > 0, np.floor(np.log2(np.maximum(slope / unit0, 1.0))), 0)
+    step = np.where(slope > 0, slope / 2.0**power, np.where(offset != 0, unit0, 1.0))
+    scale = step.astype(np.float32)
+    unit = scale.astype(np.float64)
+    v = np.repeat(np.where(slope > 0, 2.0**power, 0), group_size).astype(np.int32)
+    b = np.clip(np.rint(offset / unit), -limit, limit).astype(np.int32)
+    return v, b, scale, flip
+
+
+def fit_values(c: np.ndarray, y: np.ndarray, group_size: int, *, value_bits: int = DEFAULT_VALUE_BITS,
+               popcount: bool = False):
+    """Encoded values, biases and output scales for last-layer bits `c [M, L]` and targets `y [M, D_out]`:
+    least squares, quantized to `value_bits`, or in the popcount form. Returns `(v, b, scale, flip [L])`;
+    `flip` marks last-layer tables to invert (popcount form only)."""
+    values, bias = solve_values(c, y, group_size)
+    if popcount:
+        return popcount_values(c, y, values, group_size, value_bits)
+    v, b, scale = quantize_values(values, bias, group_size, value_bits)
+    return v, b, scale, np.zeros(len(values), dtype=bool)
+
+
 def closed_form_params(
-    x: np.ndarray, y: np.ndarray, config: BlockConfig, *, seed: int = 0, value_bits: int = DEFAULT_VALUE_BITS
+    x: np.ndarray, y: np.ndarray, config: BlockConfig, *, seed: int = 0, value_bits: int | None = None
 ) -> WeightlessBlockParams:
     """A valid block of structure `config.layer_sizes(D_out)` fitted to `y ~ f(x)` without training."""
     rng = np.random.default_rng(seed)
@@ -110,8 +157,9 @@ def closed_form_params(
         mean_off = np.where(~on, residual, 0).sum(0) / np.maximum((~on).sum(0), 1)
         residual -= np.where(on, mean_on, mean_off)
     c_all = last_tables[np.arange(sizes[-1])[None, :], addr.reshape(len(x), -1)]
-    values, bias = solve_values(c_all, y, g) if len(x) else (np.zeros(sizes[-1]), np.zeros(d_out))
-    v, b, out_scale = quantize_values(values, bias, g, value_bits)
+    v, b, out_scale, flip = fit_values(c_all, y, g, value_bits=value_bits or config.value_bits,
+                                       popcount=config.popcount)
+    last_tables[flip] ^= 1
     tables.append(last_tables)
     mappings.append(last)
     return WeightlessBlockParams(

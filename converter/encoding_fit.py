@@ -7,8 +7,7 @@ every thermometer bit splits the data as evenly as the integer grid allows.
 from __future__ import annotations
 
 import numpy as np
-
-from .params import MAX_INPUT_SCALE, input_range
+from quweit.custom_ops.params import MAX_INPUT_SCALE, input_range
 
 #: Quantile of |x| mapped to the largest quantized value: rare outliers saturate instead of
 #: costing every other value its resolution.
