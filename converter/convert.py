@@ -18,6 +18,7 @@ each reconstructed by gradient on captured pairs of the model with the earlier o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -40,6 +41,8 @@ from .stages import Stages, Stream
 ParamsFor = Callable[[MlpMatch], "WeightlessBlockParams | None"]
 DEFAULT_FIDELITY_FLOOR = 0.9
 CALIB_BATCH = 16
+#: Seconds a recipe's `total_seconds` keeps back after distillation: the final fidelity and the write.
+FINISH_SECONDS = 20.0
 
 
 def replace_mlps(model: onnx.ModelProto | ir.Model, params_for: ParamsFor | None = None
@@ -153,7 +156,8 @@ def convert(
             scores = first.scores if first is not None else {}
             stages.release(len(mlps) - 1)
             chosen, converted, distilled = _with_recipe(
-                prepared, [mlps[k] for k in chosen_idx], fit_runs, config, recipe, seed, bar, distill_data, progress)
+                prepared, [mlps[k] for k in chosen_idx], fit_runs, config, recipe, seed, bar, distill_data, progress,
+                started)
             fidelity = calibrate.fidelity(reference, calibrate.outputs(converted, held_out)) if chosen else 1.0
         else:
             if first is not None:
@@ -199,7 +203,8 @@ def _first_run(run: Callable):
 
 
 def _with_recipe(prepared: ir.Model, chosen_mlps: list[MlpMatch], fit_runs: list[Run], config, recipe: Recipe,
-                 seed: int, bar, distill_data, progress: bool) -> tuple[dict, onnx.ModelProto, dict | None]:
+                 seed: int, bar, distill_data, progress: bool, started: float
+                 ) -> tuple[dict, onnx.ModelProto, dict | None]:
     """The recipe's replacements (sequential reconstruction on captured pairs), written into the model,
     then its distillation against the original: (chosen, converted proto, distillation summary)."""
     bar.total += len(chosen_mlps)
@@ -215,10 +220,14 @@ def _with_recipe(prepared: ir.Model, chosen_mlps: list[MlpMatch], fit_runs: list
         return chosen, converted, None
     data = distill_data if distill_data is not None else _stack(fit_runs)
     tick = time.monotonic()
+    if recipe.total_seconds is not None:  # what fitting left, less the final measure and the write
+        left = recipe.total_seconds - (tick - started) - FINISH_SECONDS
+        recipe = dataclasses.replace(recipe, distill_seconds=max(0.0, min(left, recipe.distill_seconds or left)))
     converted, losses = distill(converted, original, data, recipe, seed=seed, progress=progress)
     return chosen, converted, {"steps": len(losses), "seconds": round(time.monotonic() - tick, 1),
                                "load_average": [round(v, 2) for v in os.getloadavg()],
                                "samples": int(next(iter(data.values())).shape[0]),
+                               "budget_seconds": recipe.distill_seconds,
                                "loss_first_last": [losses[0], losses[-1]] if losses else None}
 
 

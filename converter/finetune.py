@@ -50,6 +50,7 @@ class FinetuneOptions:
     checkpoint_every: int = 50
     mask_input: str | None = "attention_mask"  # distil only real tokens when this input is present
     train_dense: bool = False  # also train the float initializers around the blocks (attention, norms, ...)
+    train_lookups: bool = True  # with train_dense, the embedding tables too (onnx_torch.lookup_tables)
     dense_lr: float = 1e-4
     bypass_lr: float = 1e-3  # low-rank linear bypasses beside the blocks (converter.bypass), always trained
     table_magnitude: float = 0.25  # |entry| of fitted tables: small enough that EFD can flip them
@@ -246,7 +247,8 @@ def finetune(
         raise FinetuneError(f"batch size {options.batch_size} is not divisible by the {world} processes")
     local = options.batch_size // world
     torch.manual_seed(options.seed)
-    graph = OnnxGraphModule(student, train_dense=options.train_dense, candidates=options.candidates,
+    graph = OnnxGraphModule(student, train_dense=options.train_dense, train_lookups=options.train_lookups,
+                           candidates=options.candidates,
                            table_magnitude=options.table_magnitude, seed=options.seed).train()
     if not len(graph.blocks):
         raise FinetuneError("the student model holds no WeightlessBlock nodes to train")

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--candidates", type=int, default=1, help="learnable mapping candidates per LUT slot")
     parser.add_argument("--train-dense", action="store_true",
                         help="also train the model's other float weights (written back too)")
+    parser.add_argument("--freeze-embeddings", action="store_true",
+                        help="with --train-dense, keep the embedding tables (initializers only Gather reads) fixed: "
+                             "a dense update of every row costs much and distillation does not need it")
     parser.add_argument("--dense-lr", type=float, default=1e-4, help="learning rate of the other weights")
     parser.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up over these steps")
     parser.add_argument("--bypass-lr", type=float, default=1e-3,
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     options = FinetuneOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, value_lr=args.value_lr,
                               seed=args.seed, candidates=args.candidates, checkpoint_every=args.checkpoint_every,
                               budget_seconds=args.budget_seconds, train_dense=args.train_dense,
+                              train_lookups=not args.freeze_embeddings,
                               dense_lr=args.dense_lr, bypass_lr=args.bypass_lr, schedule=args.schedule,
                               warmup_steps=args.warmup_steps,
                               trim_padding=not args.no_trim_padding)

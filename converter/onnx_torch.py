@@ -5,7 +5,8 @@
 (its parameter initializers are read into the module, not kept as tensors). All other initializers are
 frozen buffers, except the low-rank bypasses beside blocks (`converter.bypass`, trained with the blocks
 unless `train_bypass=False`) and, with `train_dense=True`, every floating-point one (fine-tuning the
-rest of the network around the blocks, as the QuWeiT paper trains). `write_back` puts the trained values
+rest of the network around the blocks, as the QuWeiT paper trains), lookup tables (embeddings) included
+unless `train_lookups=False`. `write_back` puts the trained values
 into a copy of the ONNX model, replacing exactly those initializers.
 """
 
@@ -45,7 +46,7 @@ class OnnxGraphModule(nn.Module):
     """Executes `model.graph` in torch; `forward(**inputs)` returns the graph outputs (a tuple if several)."""
 
     def __init__(self, model: onnx.ModelProto, *, train_dense: bool = False, train_bypass: bool = True,
-                 **block_options) -> None:
+                 train_lookups: bool = True, **block_options) -> None:
         super().__init__()
         graph = model.graph
         self.input_names = [i.name for i in graph.input]
@@ -75,6 +76,7 @@ class OnnxGraphModule(nn.Module):
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
             self._plan.append((node, None, attrs))
+        frozen = set() if train_lookups else lookup_tables(graph)
         self._constants: dict[str, str] = {}
         self.dense = nn.ParameterDict()
         self.dense_names: dict[str, str] = {}  # parameter key -> initializer name
@@ -85,7 +87,8 @@ class OnnxGraphModule(nn.Module):
             key = f"initializer_{index}"
             value = tensor_from_proto(proto)
             bypass = BYPASS_MARK in name
-            if (train_dense or train_bypass and bypass) and value.is_floating_point() and value.ndim >= 1:
+            dense = train_dense and name not in frozen
+            if (dense or train_bypass and bypass) and value.is_floating_point() and value.ndim >= 1:
                 self.dense[key] = nn.Parameter(value)
                 self.dense_names[key] = name
                 if bypass:
@@ -125,6 +128,21 @@ class OnnxGraphModule(nn.Module):
     def dense_arrays(self) -> dict[str, np.ndarray]:
         """Current values of the trainable non-block initializers (bypasses; all with `train_dense`), by name."""
         return {name: self.dense[key].detach().numpy().copy() for key, name in self.dense_names.items()}
+
+
+def lookup_tables(graph: onnx.GraphProto) -> set[str]:
+    """Initializers that are only ever the table a `Gather` looks rows up in (token and position embeddings).
+
+    A batch reads a few hundred of MiniLM's 30,522 word-embedding rows, yet a dense optimizer step updates
+    all of them: half of a distillation step's time, for weights that no block's error lives in. Keeping them
+    frozen is the distillation recipe's choice; training from scratch must train them."""
+    tables: set[str] = set()
+    other: set[str] = set()
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            (tables if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and slot == 0 else other).add(name)
+    initializers = {t.name for t in graph.initializer}
+    return (tables - other) & initializers
 
 
 def write_back(model: onnx.ModelProto, params_by_node: dict[str, WeightlessBlockParams],

@@ -125,6 +125,7 @@ def main() -> None:
                           "--budget-seconds", str(args.budget), "--batch-size", str(args.batch_size),
                           "--lr", str(args.lr), "--value-lr", str(args.value_lr), "--bypass-lr", str(args.bypass_lr),
                           "--dense-lr", str(args.dense_lr), "--schedule", "cosine", "--train-dense",
+                          *([] if Recipe.train_lookups else ["--freeze-embeddings"]),
                           "--seed", str(args.seed), "--checkpoint-every", "1000000"])
     if code:
         raise SystemExit(code)

@@ -5,6 +5,9 @@ hint to report it; a traceback appears only with --debug."""
 from __future__ import annotations
 
 import errno
+import os
+import subprocess
+import sys
 import hashlib
 from pathlib import Path
 
@@ -144,3 +147,19 @@ def test_output_folder_that_cannot_exist_exits_2(prog, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.strip().splitlines()[-1].startswith(f"{prog}: error: ") and "out" in err and "Traceback" not in err
+
+
+def test_commands_let_idle_openmp_threads_sleep_before_torch_is_loaded():
+    """Every command sets OMP_WAIT_POLICY=PASSIVE (a user's own choice stays) before its body runs, and no
+    command module imports torch earlier, so libgomp sees it."""
+    code = ("import os, sys, argparse\n"
+            "import quweit.converter.cli, quweit.converter.finetune_cli, quweit.hwbackend.cli\n"
+            "from quweit.command import run_command\n"
+            "assert 'torch' not in sys.modules, 'a command module imports torch at import time'\n"
+            "run_command('x', argparse.ArgumentParser(), lambda a: print(os.environ['OMP_WAIT_POLICY']) or 0, [])\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "ACTIVE"

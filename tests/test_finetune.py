@@ -344,3 +344,24 @@ def test_task_loss_takes_class_labels_and_per_token_labels_and_ignores_minus_100
     ignored = labels.clone()
     ignored[:, :2] = -100  # e.g. prompt or padding positions
     torch.testing.assert_close(task_loss(logits, ignored), per_token.reshape(4, 5)[:, 2:].mean())
+
+
+def test_frozen_lookups_keep_embedding_tables_out_of_training():
+    """`train_lookups=False`: an initializer only a Gather reads (an embedding table) stays a buffer; one that
+    a Gather and another node read, and every other float weight, is trained."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in (("emb", (10, 4)), ("shared", (10, 4)), ("w", (4, 4)))]
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["emb", "ids"], ["e"]), helper.make_node("Gather", ["shared", "ids"], ["s"]),
+         helper.make_node("Add", ["e", "s"], ["a"]), helper.make_node("MatMul", ["a", "w"], ["y"]),
+         helper.make_node("ReduceSum", ["shared"], ["total"])],
+        "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4]),
+         helper.make_tensor_value_info("total", TensorProto.FLOAT, [1, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    frozen = OnnxGraphModule(model, train_dense=True, train_lookups=False)
+    assert sorted(frozen.dense_names.values()) == ["shared", "w"]
+    assert sorted(OnnxGraphModule(model, train_dense=True).dense_names.values()) == ["emb", "shared", "w"]

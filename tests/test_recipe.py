@@ -3,6 +3,8 @@ MLP, per-block reconstruction, and `convert(recipe=...)` with end-to-end distill
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -136,6 +138,19 @@ def test_convert_with_recipe_distils_and_keeps_more_than_fitting_alone():
     assert len(graph.bypass_keys) == 6 and len(graph.dense) == 6
 
 
+def test_distillation_stops_when_its_time_or_the_conversions_is_spent():
+    """`distill_seconds` ends the steps early; `total_seconds` gives distillation only what fitting left (none
+    here: the conversion's whole budget is spent before it starts)."""
+    model, calib = _model(), _calib(64)
+    recipe = Recipe(bypass_rank=2, reconstruct_steps=2, distill_steps=100000, distill_batch=8)
+    _, timed = convert(model, calib=calib, sensitivity=False, progress=False,
+                       recipe=dataclasses.replace(recipe, distill_seconds=1.0))
+    assert 0 < timed["distillation"]["steps"] < 100000 and timed["distillation"]["seconds"] < 30
+    _, spent = convert(model, calib=calib, sensitivity=False, progress=False,
+                       recipe=dataclasses.replace(recipe, total_seconds=1e-3))
+    assert spent["distillation"]["steps"] == 0 and spent["distillation"]["budget_seconds"] == 0.0
+
+
 def test_cli_distill_flags_and_bad_values(tmp_path, capsys):
     path = tmp_path / "m.onnx"
     onnx.save(_model(), str(path))
@@ -159,10 +174,11 @@ def test_cli_distill_flags_and_bad_values(tmp_path, capsys):
 
 
 def test_cli_recipe_defaults_and_overrides():
-    from quweit.converter.cli import EXAMPLE_RECIPE, _parser, _recipe
+    from quweit.converter.cli import EXAMPLE_RECIPE, EXAMPLE_SECONDS, _parser, _recipe
 
     assert _recipe(_parser().parse_args(["m.onnx"])) is None
-    assert _recipe(_parser().parse_args(["--example", "minilm"])) == EXAMPLE_RECIPE
+    assert _recipe(_parser().parse_args(["--example", "minilm"])) == dataclasses.replace(
+        EXAMPLE_RECIPE, total_seconds=EXAMPLE_SECONDS)
     tuned = _recipe(_parser().parse_args(["--example", "minilm", "--distill", "7", "--no-train-dense"]))
     assert tuned.distill_steps == 7 and not tuned.train_dense and tuned.bypass_rank == EXAMPLE_RECIPE.bypass_rank
     plain = _recipe(_parser().parse_args(["m.onnx", "--bypass-rank", "16"]))
