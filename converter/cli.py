@@ -18,13 +18,14 @@ from pathlib import Path
 from quweit.command import naming, run_command
 from quweit.custom_ops import BlockConfig
 from quweit.onnxio import (
+    atomic_files,
     has_external_data,
+    json_text,
     load_inputs,
-    load_model,
+    load_ir,
+    model_files,
     refuse_to_clobber,
-    save_model,
-    signals_deferred,
-    write_json,
+    write_model,
 )
 
 from .convert import DEFAULT_FIDELITY_FLOOR, convert
@@ -182,12 +183,12 @@ def _convert(args, source: Path, calib, recipe: Recipe | None, data) -> int:
     if output.resolve() == source.resolve():
         raise ConvertError(f"output {output} is the input; choose another -o")
     config = _config(args)
+    model = load_ir(source, upgrade=True)
+    if args.calib:  # the data's errors name the data's file
+        calib = load_inputs(args.calib, model, f"--calib {args.calib}")
+    if args.data:
+        data = load_inputs(args.data, model, f"--data {args.data}")
     with naming(source):  # errors found deep inside (an MLP, a node) still name the file
-        model = load_model(source, upgrade=True)
-        if args.calib:
-            calib = load_inputs(args.calib, model, f"--calib {args.calib}")
-        if args.data:
-            data = load_inputs(args.data, model, f"--data {args.data}")
         converted, report = convert(
             model, calib=calib, layers=args.layers, config=config, budget_seconds=args.budget, seed=args.seed,
             progress=not args.quiet, fidelity_floor=args.fidelity_floor, sequential=not args.local,
@@ -196,8 +197,12 @@ def _convert(args, source: Path, calib, recipe: Recipe | None, data) -> int:
     from .report import format_table
 
     report["output"] = str(output)
-    _write_outputs(converted, output, report, args.report, external_data=has_external_data(source) or None,
-                   force=args.force)
+    files = model_files(converted, output, has_external_data(source) or None)
+    report_files = [Path(args.report)] if args.report else []
+    with atomic_files(files + report_files, force=args.force) as temporary:  # model and report: both or none
+        write_model(converted, temporary[:len(files)])
+        if args.report:
+            temporary[-1].write_text(json_text(report), encoding="utf-8")
     print(format_table(report, explain=args.explain))
     print(f"wrote {output}")
     if args.report:
@@ -207,23 +212,6 @@ def _convert(args, source: Path, calib, recipe: Recipe | None, data) -> int:
               f"  python -m quweit.converter.minilm {shlex.quote(str(output))} \"a sentence to embed\" "
               "\"another sentence\"")
     return EXIT_OK
-
-
-def _write_outputs(model, output: Path, report: dict, report_path: str | None, *, external_data,
-                   force: bool) -> None:
-    """The model and the report appear together or not at all: Ctrl-C and SIGTERM are held back while
-    both are written, and a report that cannot be written takes the just-written model away again."""
-    if report_path is None:
-        save_model(model, output, external_data=external_data, force=force)
-        return
-    with signals_deferred():
-        save_model(model, output, external_data=external_data, force=force)
-        try:
-            write_json(report_path, report, force=force)
-        except BaseException:
-            for written in (output, output.with_name(output.name + ".data")):
-                written.unlink(missing_ok=True)
-            raise
 
 
 if __name__ == "__main__":

@@ -2,38 +2,40 @@
 
 MACs count every Linear - MatMul/Gemm/MatMulInteger with a constant 2-D weight, float or quantized
 (behind a `DequantizeLinear`) - as `rows * cols` per token and, for each block, its `D_in + D_out` scale
-multiplications. Activation x activation products (attention scores) depend on
-the sequence length and are left out of both sides.
+multiplications. Activation x activation products (attention scores) depend on the sequence length and
+are left out of both sides. Counted on the one in-memory model, before and after its rewrites.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import onnx
+import math
+
+import onnx_ir as ir
 from quweit.custom_ops import WeightlessBlockParams
 
 LINEAR_OPS = ("MatMul", "Gemm", "MatMulInteger")
 
 
-def linear_weight(node: onnx.NodeProto, inits: dict, producers: dict) -> onnx.TensorProto | None:
-    """The weight initializer of a Linear node (also behind a QDQ `DequantizeLinear`), else None."""
-    if node.op_type not in LINEAR_OPS or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+def linear_weight(node: ir.Node) -> ir.TensorProtocol | None:
+    """The constant weight of a Linear node (also behind a QDQ `DequantizeLinear`), else None."""
+    if node.op_type not in LINEAR_OPS or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
         return None
-    name = node.input[1]
-    source = producers.get(name)
-    if name not in inits and source is not None and source.op_type == "DequantizeLinear":
-        name = source.input[0]
-    return inits.get(name)
+    weight = node.inputs[1]
+    if weight is None:
+        return None
+    source = weight.producer()
+    if weight.const_value is None and source is not None and source.op_type == "DequantizeLinear" \
+            and source.inputs and source.inputs[0] is not None:
+        weight = source.inputs[0]
+    return weight.const_value
 
 
-def weight_macs(model: onnx.ModelProto) -> int:
-    inits = {t.name: t for t in model.graph.initializer}
-    producers = {out: node for node in model.graph.node for out in node.output}
+def weight_macs(model: ir.Model) -> int:
     total = 0
-    for node in model.graph.node:
-        weight = linear_weight(node, inits, producers)
-        if weight is not None and len(weight.dims) == 2:
-            total += int(weight.dims[0]) * int(weight.dims[1])
+    for node in model.graph:
+        weight = linear_weight(node)
+        if weight is not None and len(weight.shape) == 2:
+            total += math.prod(weight.shape.numpy())
     return total
 
 
@@ -42,17 +44,23 @@ def block_macs(params: WeightlessBlockParams) -> int:
     return params.in_features + params.out_features
 
 
-def parameter_count(model: onnx.ModelProto) -> int:
-    return int(sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer))
+def parameter_count(model: ir.Model) -> int:
+    return int(sum(math.prod(v.const_value.shape.numpy()) for v in model.graph.initializers.values()
+                   if v.const_value is not None))
 
 
-def totals(before: onnx.ModelProto, after: onnx.ModelProto, blocks: list[WeightlessBlockParams]) -> dict[str, object]:
-    macs_before = weight_macs(before)
+def counts(model: ir.Model) -> dict[str, int]:
+    """What `totals` compares: the model's weight MACs and parameters now."""
+    return {"macs": weight_macs(model), "params": parameter_count(model)}
+
+
+def totals(before: dict[str, int], after: ir.Model, blocks: list[WeightlessBlockParams]) -> dict[str, object]:
+    macs_before = before["macs"]
     macs_after = weight_macs(after) + sum(block_macs(p) for p in blocks)
     return {
         "macs_before": macs_before,
         "macs_after": macs_after,
         "mult_share_removed": (1.0 - macs_after / macs_before) if macs_before else 0.0,
-        "params_before": parameter_count(before),
+        "params_before": before["params"],
         "params_after": parameter_count(after),
     }

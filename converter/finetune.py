@@ -10,6 +10,7 @@ so the averaged gradient is the global batch's gradient (up to float summation o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -20,7 +21,17 @@ import numpy as np
 import onnx
 import torch
 import torch.distributed as dist
-from quweit.onnxio import ONNXRUNTIME_ERRORS, atomic_output, load_model, make_session
+from quweit.onnxio import (
+    ONNXRUNTIME_ERRORS,
+    BadInputError,
+    atomic_output,
+    check_inputs,
+    input_specs,
+    load_ir,
+    make_session,
+    run_size,
+    runs,
+)
 
 from .errors import FinetuneError
 from .onnx_torch import OnnxGraphModule, write_back
@@ -50,23 +61,14 @@ class FinetuneOptions:
     # updates are about lr in size whatever the gradient: without warm-up they jolt all pretrained weights)
 
 
-def check_data(data: Mapping[str, np.ndarray], model: onnx.ModelProto, *, source: str = "data") -> int:
-    """The data's row count; every graph input present, no unknown arrays, equal leading sizes."""
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in inits]
-    missing = [n for n in inputs if n not in data]
-    if missing:
-        raise FinetuneError(f"{source}: missing arrays for graph inputs {missing} (has {sorted(data)})")
-    unknown = sorted(set(data) - set(inputs) - {LABELS})
-    if unknown:
-        raise FinetuneError(f"{source}: arrays {unknown} are neither graph inputs {inputs} nor '{LABELS}'")
-    rows = {name: np.asarray(value).shape[0] if np.asarray(value).ndim else None for name, value in data.items()}
-    if len(set(rows.values())) != 1 or None in rows.values():
-        raise FinetuneError(f"{source}: arrays must share their first (sample) axis, got {rows}")
-    count = next(iter(rows.values()))
-    if count == 0:
-        raise FinetuneError(f"{source}: holds no samples")
-    return count
+def check_data(data: Mapping[str, np.ndarray], model, *, source: str = "data") -> int:
+    """The data's row count: the I/O layer's input checks (names, ranks, dtypes, the model's fixed axes),
+    plus `labels` with one row per sample when present."""
+    rows = check_inputs(model, data, source, extra={LABELS})
+    if LABELS in data and (np.ndim(data[LABELS]) == 0 or len(data[LABELS]) != rows):
+        raise BadInputError(f"{source}: '{LABELS}' must have one row per sample ({rows}), got shape "
+                            f"{list(np.shape(data[LABELS]))}")
+    return rows
 
 
 def trim_padding(feeds: dict[str, np.ndarray], mask_name: str) -> dict[str, np.ndarray]:
@@ -167,23 +169,30 @@ def _resume(path: Path, graph: torch.nn.Module, optimizer, generator: np.random.
 
 
 class Teacher:
-    """The original model in onnxruntime (one thread per process: ranks share the cores)."""
+    """The original model in onnxruntime (one thread per process: ranks share the cores), run in as many
+    runs as its declared input shapes need (a static batch of 1: one row at a time)."""
 
     def __init__(self, model: str | Path | onnx.ModelProto, threads: int = 1) -> None:
         self.path = "the teacher model" if isinstance(model, onnx.ModelProto) else model
-        source = model if isinstance(model, onnx.ModelProto) else load_model(model)
+        self.model = load_ir(model) if not isinstance(model, onnx.ModelProto) else model
         try:
-            self.session = make_session(source, kernel=None, threads=threads)
+            self.session = make_session(self.model, kernel=None, threads=threads)
         except ONNXRUNTIME_ERRORS as err:
             raise FinetuneError(f"--teacher {self.path}: onnxruntime cannot load it: {_first_line(err)}") from err
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:  # the user's model on the user's data: a refusal is bad input
-            return self.session.run(None, feeds)
+            rows = len(next(iter(feeds.values())))
+            parts = runs(self.model, feeds, rows)
+            if len(parts) == 1 and parts[0].rows == rows:
+                return self.session.run(None, parts[0].feeds)
+            outputs = [self.session.run(None, part.feeds) for part in parts]
         except ONNXRUNTIME_ERRORS as err:
             raise FinetuneError(f"--teacher {self.path}: onnxruntime cannot run it on the data: "
                                 f"{_first_line(err)}") from err
+        return [np.concatenate([out[k][: part.rows] for out, part in zip(outputs, parts)])
+                for k in range(len(self.output_names))]
 
 
 def _first_line(err: BaseException) -> str:
@@ -260,10 +269,16 @@ def finetune(
     if resume is not None:
         step, losses, elapsed = _resume(resume, graph, optimizer, generator)
     names = [n for n in data if n != LABELS]
+    variance = 1.0
     if teacher is not None:
         probe = {n: np.ascontiguousarray(data[n][: min(rows, 64)]) for n in names}
         variance = max(float(np.var(teacher(probe)[0], dtype=np.float64)), 1e-12)
     mask_name = options.mask_input if options.mask_input in names else None
+    per_run = run_size(student, local)  # a static batch: each step accumulates gradients over runs
+    if local % per_run:
+        raise BadInputError(f"batch size {local} per process is not a multiple of the batch of {per_run} rows "
+                            "that the model's inputs declare")
+    trim = bool(mask_name and options.trim_padding and _free_sequence(student, mask_name))
     tokens_per_sample = float(np.asarray(data[mask_name]).sum(-1).mean()) if mask_name else 1.0
     schedule_factor(options.schedule, 0.0)  # an unknown schedule fails before any training
     start = time.monotonic() - elapsed
@@ -281,25 +296,26 @@ def finetune(
         batch = generator.choice(rows, size=options.batch_size, replace=rows < options.batch_size)
         mine = batch[rank * local:(rank + 1) * local]
         feeds = {n: np.ascontiguousarray(data[n][mine]) for n in names}
-        if mask_name and options.trim_padding:
-            feeds = trim_padding(feeds, mask_name)
-        output = model(**{n: torch.from_numpy(v) for n, v in feeds.items()})
-        output = output[0] if isinstance(output, tuple) else output
-        if teacher is not None:
-            target = torch.from_numpy(teacher(feeds)[0])
-            mask = torch.from_numpy(feeds[mask_name]).to(output.dtype) if mask_name else None
-            if mask is not None and tuple(mask.shape) != tuple(output.shape[:-1]):
-                mask = None
-            loss = distillation_loss(output, target, variance, mask, tokens_per_sample)
-        else:
-            loss = task_loss(output, torch.from_numpy(np.asarray(data[LABELS][mine])))
+        labels = np.asarray(data[LABELS])[mine] if teacher is None else None
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_value = 0.0
+        parts = range(0, local, per_run)
+        for index, first in enumerate(parts):
+            part = slice(first, first + per_run)
+            sub = {n: v[part] for n, v in feeds.items()} if per_run < local else feeds
+            if trim:
+                sub = trim_padding(sub, mask_name)
+            last = index == len(parts) - 1
+            with model.no_sync() if world > 1 and not last else contextlib.nullcontext():
+                loss = _loss(model, sub, teacher, variance, mask_name, tokens_per_sample,
+                             None if labels is None else labels[part]) * (len(sub[names[0]]) / local)
+                loss.backward()
+            loss_value += float(loss.detach())
         optimizer.step()
         for block in blocks.values():
             block.clamp_tables_()
         step += 1
-        losses.append(float(loss.detach()))
+        losses.append(loss_value)
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if checkpoint is not None and rank == 0 and step % options.checkpoint_every == 0:
@@ -308,6 +324,26 @@ def finetune(
     if checkpoint is not None and rank == 0:
         _save_checkpoint(checkpoint, step, losses, time.monotonic() - start, graph, optimizer, generator)
     return write_back(student, graph.block_params(), graph.dense_arrays()), losses
+
+
+def _loss(model, feeds, teacher, variance, mask_name, tokens_per_sample, labels) -> torch.Tensor:
+    """The training loss of one run: distillation from the teacher, or the task loss on `labels`."""
+    output = model(**{n: torch.from_numpy(v) for n, v in feeds.items()})
+    output = output[0] if isinstance(output, tuple) else output
+    if teacher is None:
+        return task_loss(output, torch.from_numpy(labels))
+    target = torch.from_numpy(teacher(feeds)[0])
+    mask = torch.from_numpy(feeds[mask_name]).to(output.dtype) if mask_name else None
+    if mask is not None and tuple(mask.shape) != tuple(output.shape[:-1]):
+        mask = None
+    return distillation_loss(output, target, variance, mask, tokens_per_sample)
+
+
+def _free_sequence(model, mask_name: str) -> bool:
+    """Whether the mask's sequence axis is free (trimming padding must keep a fixed one)."""
+    specs = {s.name: s for s in input_specs(model)}
+    dims = specs[mask_name].dims if mask_name in specs else None
+    return dims is None or len(dims) < 2 or not isinstance(dims[1], int)
 
 
 def _shared_elapsed(seconds: float, world: int) -> float:

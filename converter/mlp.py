@@ -8,6 +8,16 @@ import numpy as np
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class MlpHandle:
+    """Where an MLP lives in the one in-memory (onnx-ir) model: its nodes in graph order and its input and
+    output values, so it can be run alone, cut out and rewritten in place without searching again."""
+
+    nodes: tuple  # tuple[ir.Node, ...]
+    x: object  # ir.Value
+    y: object  # ir.Value
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class MlpMatch:
     """One MLP `y = down(act(up x) [* gate x])` found in a graph.
 
@@ -28,6 +38,7 @@ class MlpMatch:
     b_down: np.ndarray | None
     w_gate: np.ndarray | None = None
     b_gate: np.ndarray | None = None
+    handle: MlpHandle | None = None  # set by detection on an onnx-ir model
 
     @property
     def d_in(self) -> int:

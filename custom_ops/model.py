@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import onnx
+import onnx_ir as ir
 from onnx import TensorProto, helper
 
 from .decomposition import MIN_OPSET, make_function
@@ -20,12 +21,21 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise ValueError("model imports no default ONNX domain")
 
 
-def attach_decomposition(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Make `model` self-contained: import domain `quweit` v1 and (re)attach the function body.
+def attach_decomposition(model: onnx.ModelProto | ir.Model) -> onnx.ModelProto | ir.Model:
+    """Make `model` (a proto, or an onnx-ir model) self-contained: import domain `quweit` v1 and (re)attach
+    the function body.
 
     Idempotent. The function is built for the model's own default opset, which must be >= 18.
     """
     register_schema()
+    if isinstance(model, ir.Model):
+        opset = model.opset_imports.get("", 0)
+        if opset < MIN_OPSET:
+            raise ValueError(f"model opset {opset} is below {MIN_OPSET}; upgrade it first")
+        function = ir.serde.deserialize_function(make_function(opset))
+        model.functions[function.identifier()] = function
+        model.opset_imports[DOMAIN] = OP_VERSION
+        return model
     opset = default_opset(model)
     if opset < MIN_OPSET:
         raise ValueError(

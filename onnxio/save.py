@@ -37,28 +37,32 @@ def refuse_to_clobber(paths: Sequence[str | os.PathLike], force: bool) -> None:
 
 @contextlib.contextmanager
 def atomic_files(targets: Sequence[str | os.PathLike], *, force: bool = False) -> Iterator[list[Path]]:
-    """Yield temporary paths, one per target (same names, in a temporary folder beside them); when the
-    block ends normally every one that was written (a file or a folder) is moved onto its target, else
-    all are removed.
+    """Yield temporary paths, one per target (same names, in a temporary folder beside each target);
+    when the block ends normally every one that was written (a file or a folder) is moved onto its
+    target, else all are removed.
 
-    All targets must lie in one folder. The moves happen with SIGINT/SIGTERM held back, so an
-    interruption cannot leave half of a model (its .onnx without its .data).
+    The moves happen together with SIGINT/SIGTERM held back, and one that fails takes back those before
+    it, so an interruption never leaves part of a result (a model's .onnx without its .data, a model
+    without its report).
     """
     targets = [Path(t) for t in targets]
     if not targets:
         raise ValueError("atomic_files: no targets")
-    folder = targets[0].parent
-    if any(t.parent != folder for t in targets):
-        raise ValueError(f"atomic_files: targets {[str(t) for t in targets]} are not in one folder")
+    if len({t.resolve() for t in targets}) != len(targets):
+        raise ValueError(f"atomic_files: targets {[str(t) for t in targets]} repeat")
     refuse_to_clobber(targets, force)
-    folder.mkdir(parents=True, exist_ok=True)
+    folders: dict[Path, Path] = {}
     with sigterm_unwinds():
         try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{targets[0].name}.", suffix=".tmp", dir=folder))
-        except OSError as err:
-            raise BadInputError(f"{folder}: cannot write here: {err.strerror or err}") from err
-        try:
-            temporary = [tmp / t.name for t in targets]
+            try:
+                for target in targets:
+                    if target.parent not in folders:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        folders[target.parent] = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp",
+                                                                       dir=target.parent))
+            except OSError as err:
+                raise BadInputError(f"{target.parent}: cannot write here: {err.strerror or err}") from err
+            temporary = [folders[t.parent] / t.name for t in targets]
             yield temporary
             written = [(src, dst) for src, dst in zip(temporary, targets) if src.exists()]
             with signals_deferred():
@@ -67,7 +71,7 @@ def atomic_files(targets: Sequence[str | os.PathLike], *, force: bool = False) -
                     for k, (src, dst) in enumerate(written):
                         refuse_to_clobber([dst], force)  # it may have appeared while we worked
                         if dst.is_dir() and not dst.is_symlink():  # a folder cannot be replaced in one rename
-                            os.replace(dst, tmp / f".replaced.{k}")  # removed with the temporary folder
+                            os.replace(dst, src.parent / f".replaced.{k}")  # removed with the temporary folder
                         os.replace(src, dst)
                         moved.append(dst)
                 except BaseException:
@@ -79,7 +83,8 @@ def atomic_files(targets: Sequence[str | os.PathLike], *, force: bool = False) -
                 raise
             raise BadInputError(f"{targets[0]}: writing failed: {err.strerror or err}") from err
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            for tmp in folders.values():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -95,9 +100,13 @@ def write_text(path: str | os.PathLike, text: str, *, force: bool = False) -> Pa
     return Path(path)
 
 
+def json_text(data: object, *, sort_keys: bool = False) -> str:
+    """JSON with a final newline (numpy scalars and arrays written as numbers and lists)."""
+    return json.dumps(data, indent=2, sort_keys=sort_keys, default=_plain) + "\n"
+
+
 def write_json(path: str | os.PathLike, data: object, *, force: bool = False, sort_keys: bool = False) -> Path:
-    """JSON with a final newline (numpy scalars written as numbers)."""
-    return write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=_plain) + "\n", force=force)
+    return write_text(path, json_text(data, sort_keys=sort_keys), force=force)
 
 
 def _plain(value):
@@ -114,33 +123,43 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], *, forc
     return Path(path)
 
 
-def save_model(model: onnx.ModelProto | ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
-               force: bool = False) -> Path:
-    """Write `model` to `path` atomically; weights go to `<path>.data` when asked, when the model is large,
-    or when an in-memory model still reads weights from its source's side file.
-
-    The caller's model is not changed.
-    """
+def model_files(model: onnx.ModelProto | ir.Model, path: str | os.PathLike, external_data: bool | None = None
+                ) -> list[Path]:
+    """The files that saving `model` to `path` writes: `path`, and `<path>.data` when the weights go to a
+    side file (when asked, when the model is large, or when an in-memory model still reads weights from
+    its source's side file)."""
     path = Path(path)
-    data_name = path.name + ".data"
     if isinstance(model, ir.Model):
         external_data = bool(external_data) or _has_external_tensors(model) or (
             external_data is None and _tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD)
     elif external_data is None:
         external_data = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    targets = [path, path.with_name(data_name)] if external_data else [path]
-    with atomic_files(targets, force=force) as (tmp, *_):
-        if isinstance(model, ir.Model):
-            ir.save(model, tmp, external_data=data_name if external_data else None,
-                    size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES)
-        elif external_data:  # onnx moves tensors out of the proto it is given: work on a copy
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            onnx.save_model(copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=EXTERNAL_TENSOR_MIN_BYTES)
-        else:
-            onnx.save_model(model, str(tmp))
-    return path
+    return [path, path.with_name(path.name + ".data")] if external_data else [path]
+
+
+def save_model(model: onnx.ModelProto | ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
+               force: bool = False) -> Path:
+    """Write `model` to `path` atomically (with `<path>.data` as `model_files` says). The caller's model is
+    not changed."""
+    files = model_files(model, path, external_data)
+    with atomic_files(files, force=force) as temporary:
+        write_model(model, temporary)
+    return Path(path)
+
+
+def write_model(model: onnx.ModelProto | ir.Model, files: Sequence[Path]) -> None:
+    """Write `model` to the (temporary) paths `model_files` named: the .onnx and, if listed, its .data."""
+    tmp = Path(files[0])
+    data_name = tmp.name + ".data" if len(files) > 1 else None
+    if isinstance(model, ir.Model):
+        ir.save(model, tmp, external_data=data_name, size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES)
+    elif data_name:  # onnx moves tensors out of the proto it is given: work on a copy
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=EXTERNAL_TENSOR_MIN_BYTES)
+    else:
+        onnx.save_model(model, str(tmp))
 
 
 def _has_external_tensors(model: ir.Model) -> bool:

@@ -30,12 +30,18 @@ _PLACEHOLDER = "quweit-in-memory"
 
 
 def session_options(threads: int | None = None, options: ort.SessionOptions | None = None, *,
-                    kernel: bool | None = True) -> ort.SessionOptions:
+                    kernel: bool | None = True, spinning: bool = True) -> ort.SessionOptions:
     """Options with the kernel library registered (`kernel` True: required; None: when built; False:
-    never) and, if given, `threads` intra-op threads (the kernel runs its tiles on that pool too)."""
+    never) and, if given, `threads` intra-op threads (the kernel runs its tiles on that pool too).
+
+    `spinning=False` lets idle pool threads sleep instead of spinning: for sessions run in bursts between
+    Python work (calibration passes), where spinning only burns the CPU that the Python part needs.
+    """
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -58,13 +64,14 @@ def make_session(
     threads: int | None = None,
     options: ort.SessionOptions | None = None,
     providers: Sequence[str] = ("CPUExecutionProvider",),
+    spinning: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime session for `model` (path, serialized bytes, ModelProto or onnx-ir Model).
 
     `kernel`: None uses the quweit kernel when the library is built (else blocks run through their ONNX
-    decomposition), True requires it, False never registers it.
+    decomposition), True requires it, False never registers it. `spinning`: see `session_options`.
     """
-    options = session_options(threads, options, kernel=kernel)
+    options = session_options(threads, options, kernel=kernel, spinning=spinning)
     keep: list = []
     if isinstance(model, onnx.ModelProto):
         if model.ByteSize() < PROTOBUF_LIMIT:

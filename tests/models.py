@@ -155,8 +155,10 @@ EXPORTERS = ("legacy", "dynamo")
 EXPORT_SHAPE = (2, 5)
 
 
-def export(family: Family, exporter: str, path: Path, *, batch: int = EXPORT_SHAPE[0], seq: int = EXPORT_SHAPE[1]) -> Path:
-    """Export `family` with `exporter` ("legacy" TorchScript or "dynamo") to `path`, dynamic batch/sequence."""
+def export(family: Family, exporter: str, path: Path, *, batch: int = EXPORT_SHAPE[0], seq: int = EXPORT_SHAPE[1],
+           static: bool = False) -> Path:
+    """Export `family` with `exporter` ("legacy" TorchScript or "dynamo") to `path`, dynamic batch/sequence
+    (or, with `static`, every input shape fixed to `batch` x `seq` as many deployment exports are)."""
     model = family.build()
     inputs = family.inputs(batch, seq)
     names = list(inputs)
@@ -166,7 +168,8 @@ def export(family: Family, exporter: str, path: Path, *, batch: int = EXPORT_SHA
         if exporter == "legacy":
             torch.onnx.export(model, (dict(inputs),), str(path), input_names=names,
                               output_names=["last_hidden_state"],
-                              dynamic_axes={n: dict(family.dynamic[n]) for n in names}, opset_version=18,
+                              dynamic_axes=None if static else {n: dict(family.dynamic[n]) for n in names},
+                              opset_version=18,
                               dynamo=False)
         elif exporter == "dynamo":
             symbols: dict[str, object] = {}
@@ -176,7 +179,8 @@ def export(family: Family, exporter: str, path: Path, *, batch: int = EXPORT_SHA
                 for n in names
             }
             torch.onnx.export(model, (), str(path), kwargs=inputs, input_names=names,
-                              output_names=["last_hidden_state"], dynamic_shapes=shapes, opset_version=18,
+                              output_names=["last_hidden_state"], dynamic_shapes=None if static else shapes,
+                              opset_version=18,
                               dynamo=True, optimize=False, verbose=False)
         else:
             raise ValueError(f"unknown exporter {exporter!r}")

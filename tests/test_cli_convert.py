@@ -176,18 +176,79 @@ def test_block_structure_options(tmp_path):
     assert main([*argv[:-2], "--hidden-layers", "x", "-o", str(tmp_path / "z.onnx")]) == 2
 
 
-def test_interrupt_while_writing_leaves_no_output(tmp_path, monkeypatch):
-    model = _mlp_model(tmp_path / "m.onnx")
+def _interrupt_after(target, attribute: str, calls: int = 1, signal_number: int | None = None):
+    """Wrap `target.attribute`: from its `calls`-th call on, run it and then interrupt (Ctrl-C, or a real
+    signal sent to this process)."""
+    import os
+
+    real = getattr(target, attribute)
+    seen = []
+
+    def wrapped(*args, **kwargs):
+        result = real(*args, **kwargs)
+        seen.append(1)
+        if len(seen) >= calls:
+            if signal_number is None:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal_number)
+        return result
+
+    return wrapped
+
+
+def _interrupt_points():
+    from quweit.converter import cli, convert, detect, stages
+    from quweit.onnxio import save
+
+    return {
+        "detecting": (convert, "detect", 1),
+        "first fit": (convert, "_Fitter.__call__", 1),
+        "sensitivity": (stages, "Stream.fork", 1),
+        "streaming": (stages, "Stream._run", 3),
+        "rewriting": (convert, "replace_with_block", 1),
+        "finishing": (convert, "finish", 1),
+        "model written, not moved": (save.ir, "save", 1),
+        "report written, not moved": (cli, "json_text", 1),
+        "inlining": (detect, "inline_fusions", 1),
+    }
+
+
+@pytest.mark.parametrize("point", list(_interrupt_points()))
+def test_interrupt_at_any_step_leaves_nothing(tmp_path, monkeypatch, point):
+    model = _mlp_model(tmp_path / "m.onnx", external=True)
     calib = str(_calib(tmp_path / "c.npz"))
-    real_save = onnx.save_model
-
-    def save_then_interrupt(proto, path, *args, **kwargs):
-        real_save(proto, path, *args, **kwargs)  # the temporary file is complete: Ctrl-C before it is moved
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(onnx, "save_model", save_then_interrupt)
+    module, attribute, calls = _interrupt_points()[point]
+    owner_name, _, name = attribute.rpartition(".")
+    owner = getattr(module, owner_name) if owner_name else module
+    monkeypatch.setattr(owner, name, _interrupt_after(owner, name, calls))
     listing = sorted(p.name for p in tmp_path.iterdir())
-    assert main([str(model), "--quiet", "--no-sensitivity", "--calib", calib]) == 130
+    assert main([str(model), "--quiet", "--calib", calib, "--report", str(tmp_path / "r.json")]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # no output, no temporary file
+
+
+SIGTERM_CONVERT = """
+import os, signal, sys
+from quweit.converter import convert
+from quweit.converter.cli import main
+
+real = convert._Fitter.__call__
+def fit_then_terminate(self, *args, **kwargs):
+    result = real(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return result
+convert._Fitter.__call__ = fit_then_terminate
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_conversion_leaves_nothing(tmp_path):
+    model = _mlp_model(tmp_path / "m.onnx", external=True)
+    calib = str(_calib(tmp_path / "c.npz"))
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    result = subprocess.run([sys.executable, "-c", SIGTERM_CONVERT, str(model), "--quiet", "--calib", calib],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 143, result.stderr
+    assert "no partial output" in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == listing
 
 

@@ -196,7 +196,7 @@ def test_cli_errors_name_the_problem(pair, tmp_path, capsys):
     write_npz(bad, {"tokens": np.zeros((2, 3), np.int64)})
     assert finetune_main([str(paths["student"]), "--data", str(bad), "--teacher", str(paths["teacher"]),
                           "-o", str(tmp_path / "x.onnx")]) == 2
-    assert "missing arrays for graph inputs" in capsys.readouterr().err
+    assert "do not match the graph inputs" in capsys.readouterr().err
     assert finetune_main([str(paths["student"]), "--data", str(paths["data"]), "-o", str(tmp_path / "y.onnx")]) == 2
     assert "no teacher and no 'labels'" in capsys.readouterr().err
     assert finetune_main([str(paths["student"]), "--data", str(paths["data"]), "--steps", "0"]) == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from model_forms import FORMS, calibration_feeds, dense_stand_in, export_training_mode, make
@@ -55,9 +56,7 @@ def _stock(model: onnx.ModelProto) -> ort.InferenceSession:
 
 def _linears(model: onnx.ModelProto, names: bool = False):
     """The Linear layers of `model` (constant weight, float or quantized): their count, or their names."""
-    inits = {t.name: t for t in model.graph.initializer}
-    producers = {out: node for node in model.graph.node for out in node.output}
-    found = [node.name for node in model.graph.node if linear_weight(node, inits, producers) is not None]
+    found = [node.name for node in ir.serde.deserialize_model(model).graph if linear_weight(node) is not None]
     return found if names else len(found)
 
 
@@ -158,3 +157,39 @@ def test_training_mode_export_names_each_dropout_and_the_fix(tmp_path, capsys):
     assert len(lines) == LAYERS and len({line.split(":")[0] for line in lines}) == LAYERS
     assert all(line.strip().split(": ", 1)[1].startswith("Dropout '") for line in lines)
     assert sorted(p.name for p in tmp_path.iterdir()) == listing
+
+
+def test_a_quantized_input_shared_with_another_linear_stays_for_it(tmp_path):
+    """`quantize_dynamic` quantizes an input once for every Linear that reads it: the block replaces the MLP's
+    whole int8 chain, and the `DynamicQuantizeLinear` stays for the other Linear, whose output is unchanged."""
+    from onnx import helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(3)
+    d, hidden = 16, 32
+    weights = {"w_up": (d, hidden), "w_down": (hidden, d), "w_side": (d, d)}
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) / 4, name) for name, shape in weights.items()]
+    nodes = [helper.make_node("MatMul", ["x", "w_up"], ["h"], name="up"),
+             helper.make_node("Relu", ["h"], ["a"], name="act"),
+             helper.make_node("MatMul", ["a", "w_down"], ["m"], name="down"),
+             helper.make_node("MatMul", ["x", "w_side"], ["s"], name="side"),
+             helper.make_node("Add", ["m", "s"], ["y"], name="sum")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", d])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", d]),
+                               helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, ["n", d])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "f.onnx")
+    quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8)
+    quantized = onnx.load(tmp_path / "q.onnx")
+    assert sum(n.op_type == "DynamicQuantizeLinear" for n in quantized.graph.node) == 2  # x (shared), a
+    prepared = prepare(quantized)
+    (mlp,) = find_mlps(prepared).mlps
+    assert mlp.linear == "int8"
+    converted, count = rewrite_mlps(prepared, _random_blocks([mlp]))
+    assert count == 1
+    ops = [n.op_type for n in converted.graph.node]
+    assert ops.count("DynamicQuantizeLinear") == 1 and ops.count("MatMulInteger") == 1  # the side Linear's
+    feeds = {"x": rng.standard_normal((5, d)).astype(np.float32)}
+    expected = _stock(quantized).run(["s"], feeds)[0]
+    np.testing.assert_array_equal(_stock(converted).run(["s"], feeds)[0], expected)
+    kernel = make_session(without_decomposition(converted), kernel=True, threads=1).run(None, feeds)
+    assert np.array_equal(kernel[0].view(np.int32), _stock(converted).run(None, feeds)[0].view(np.int32))

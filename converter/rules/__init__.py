@@ -1,9 +1,9 @@
-"""MLP detection/rewrite rules for the onnxscript rewriter: one rule family per file, variants as parameters.
+"""MLP detection rules for the onnxscript rewriter: one rule family per file, variants as parameters.
 
 Matching runs in passes: `fusions` turn each multi-node written form of an activation (`activations`)
 and of an int8 Linear (`quantized`) into one node, then `mlp_rules` match `Linear -> act -> Linear` and
 gated MLPs around those nodes, looking through fake quantization and training-mode Dropout
-(`see_through`); `inline_fusions` restores the fused forms that no MLP consumed.
+(`see_through`), and record each MLP (they rewrite nothing); `inline_fusions` restores the fused forms.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from ._base import FUSION_DOMAINS, Decide, MlpRule
+from ._base import FUSION_DOMAINS, MlpRule, Record
 from .activations import ACTIVATION_OPS, activation_fusions, inline_fused
 from .gated import GatedMlp
 from .linear import KIND_OPS, LINEAR_KINDS
@@ -46,12 +46,12 @@ def inline_fusions(model: ir.Model) -> None:
     inline_fused(model, FUSION_DOMAINS)
 
 
-def mlp_rules(decide: Decide, present: set[tuple[str, str]] | None = None, view: View | None = None
+def mlp_rules(record: Record, present: set[tuple[str, str]] | None = None, view: View | None = None
               ) -> pattern.RewriteRuleSet | None:
     """Every MLP rule whose activation and Linear ops are `present` (gated first: its down-projection
     must not be mistaken for a smaller MLP); None when the graph can hold no MLP."""
     rules = [
-        family.rule(linear=kind, up_bias=up, down_bias=down, act_op=act_op, decide=decide, view=view)
+        family.rule(linear=kind, up_bias=up, down_bias=down, act_op=act_op, record=record, view=view)
         for family in (GatedMlp, LinearActLinear)
         for kind, up, down in LINEAR_VARIANTS
         if (present is None or KIND_OPS[kind] in present) and (up == down or family.mixed_biases)
@@ -62,12 +62,13 @@ def mlp_rules(decide: Decide, present: set[tuple[str, str]] | None = None, view:
 
 
 __all__ = [
+    "FUSION_DOMAINS",
     "LINEAR_KINDS",
     "LINEAR_VARIANTS",
-    "Decide",
     "GatedMlp",
     "LinearActLinear",
     "MlpRule",
+    "Record",
     "View",
     "fusions",
     "inline_fusions",

@@ -1,8 +1,9 @@
-"""What every MLP rule shares: reading a match into an `MlpMatch`, the structural checks, and the rewrite.
+"""What every MLP rule shares: reading a match into an `MlpMatch` and the structural checks.
 
-A rule asks a `Decide` callback what to do with each MLP it matches: the callback returns the block's
-parameters (rewrite) or a reason (leave it, the reason goes to `--explain`). Detection alone is a
-callback that records and declines, so detection and rewrite can never disagree on what matched.
+The rules only find: each MLP a rule matches goes to a `Record` callback (with a handle to its nodes and
+values) and the match is then declined, so the model is never changed by a rule; a reason why a
+candidate is not an MLP goes to the callback's `reject` (for `--explain`). Rewriting happens once per
+chosen MLP, through its handle (`converter.detect.replace_with_block`).
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter._basics import MatchResult
-from quweit.custom_ops import DOMAIN, OP_TYPE, WeightlessBlockParams
 
-from ..bypass import Replacement, as_replacement
-from ..mlp import MlpMatch
+from ..mlp import MlpHandle, MlpMatch
 from .activations import ACT_DOMAIN, ACTIVATION_OPS
 from .linear import NotALinear, constant, read_linear
 from .ort_fused import WITH_BIAS, fused_bias, quick_gelu_name
 from .quantized import LINEAR_DOMAIN, NotDequantizable, dequantized_constant
 from .see_through import View
 
-Decide = Callable[[MlpMatch], Replacement | WeightlessBlockParams | str]
+Record = Callable[[MlpMatch], None]
 FUSION_DOMAINS = (ACT_DOMAIN, LINEAR_DOMAIN)
 
 
@@ -33,17 +32,16 @@ class MlpRule(pattern.RewriteRuleClassBase):
     family = ""
     mixed_biases = True  # variants with a bias on only one side (onnxruntime moves biases into fused ops)
 
-    def __init__(self, *, linear: str, up_bias: bool, down_bias: bool, act_op: tuple[str, str], decide: Decide,
+    def __init__(self, *, linear: str, up_bias: bool, down_bias: bool, act_op: tuple[str, str], record: Record,
                  view: View | None = None) -> None:
         # remove_nodes=False: exporters read shapes of MLP intermediates (Shape -> Reshape); those uses
-        # are checked below and the dead nodes are dropped after rewriting.
+        # are checked below, and such nodes stay when the MLP is rewritten.
         biases = f"{'+b' if up_bias else ''}/{'+b' if down_bias else ''}"
         super().__init__(name=f"{self.family}[{linear}{biases},{act_op[0] + '::' if act_op[0] else ''}{act_op[1]}]",
                          remove_nodes=False)
         self.linear, self.up_bias, self.down_bias, self.act_op = linear, up_bias, down_bias, act_op
-        self._decide = decide
+        self._record = record
         self._view = view  # the nodes looked through while matching (see_through)
-        self._pending: tuple[MlpMatch, WeightlessBlockParams] | None = None
 
     # subclasses: {"up": (out_value, w, b), "down": ..., ["gate": ...]}
     def _weights(self, bindings: dict) -> dict[str, tuple]:
@@ -61,15 +59,12 @@ class MlpRule(pattern.RewriteRuleClassBase):
         nodes = _in_graph_order(context)
         found = self._inspect(context, x, bindings, nodes)
         if isinstance(found, str):
-            reject = getattr(self._decide, "reject", None)
+            reject = getattr(self._record, "reject", None)
             if reject is not None:
                 reject(context.root.name or context.root.op_type, found, [n.name for n in nodes])
             return result.fail(found)
-        verdict = self._decide(found)
-        if isinstance(verdict, str):
-            return result.fail(verdict)
-        self._pending = (found, verdict)
-        return result
+        self._record(found)
+        return result.fail("recorded (rules only find; rewriting goes through the MLP's handle)")
 
     def _inspect(self, context, x: ir.Value, bindings: dict, nodes: list[ir.Node]) -> MlpMatch | str:
         """The match (`nodes`: the matched nodes as `_in_graph_order` gives them) as an `MlpMatch`, or the
@@ -117,24 +112,11 @@ class MlpRule(pattern.RewriteRuleClassBase):
             linear=self.linear, input=x.name, output=output.name,
             nodes=tuple(n.name or "" for n in nodes),
             w_up=w_up, b_up=b_up, w_down=w_down, b_down=b_down, w_gate=w_gate, b_gate=b_gate,
+            handle=MlpHandle(tuple(n for n in context.graph_or_function if n in set(context.nodes)), x, output),
         )
 
     def rewrite(self, op, x: ir.Value, **_):
-        mlp, verdict = self._pending
-        self._pending = None
-        replacement = as_replacement(verdict)
-        params = replacement.block
-        prefix = f"{mlp.output}.quweit."
-
-        def initializer(name: str, array: np.ndarray) -> ir.Value:
-            return op.initializer(ir.tensor(np.ascontiguousarray(array), name=prefix + name), name=prefix + name)
-
-        block = op.op(OP_TYPE, x, *[initializer(n, a) for n, a in params.arrays().items()], _domain=DOMAIN,
-                      **params.attributes())
-        if replacement.bypass is None:
-            return block
-        down, up, bias = (initializer(n, a) for n, a in replacement.bypass.arrays().items())
-        return op.Add(block, op.Add(op.MatMul(op.MatMul(x, down), up), bias))
+        raise AssertionError("unreachable: check() declines every match")
 
 
 def _bias_follows(output: ir.Value) -> str | None:
