@@ -139,7 +139,7 @@ QUWEIT_INLINE void sum_half(const BlockPlan& plan, const uint64_t* bits, int64_t
   for (int j = 0; j < plan.sum_groups; ++j) {
     const int width = g_size - 4 * j < 4 ? g_size - 4 * j : 4;
     Bytes pattern = expand_bits(words[2 * K * (4 * j)]) & 1;
-    for (int b = 1; b < width; ++b) pattern |= expand_bits(words[2 * K * (4 * j + b)]) & splat(static_cast<uint8_t>(1 << b));
+    for (int b = 1; b < width; ++b) pattern |= expand_bits(words[2 * K * (4 * j + b)]) & bit_mask(b);
     add_pattern_sums(pattern, plan.sum_planes + (o * plan.sum_groups + j) * 64, acc);
   }
 #else

@@ -74,13 +74,13 @@ QUWEIT_INLINE Bytes byteslice_lut(const BlockPlan& plan, const uint8_t* in, int6
   const uint8_t* table = plan.lut_tables + r * plan.lut_bytes;
   Bytes low = load_bytes(in + static_cast<int64_t>(map[0]) * kByteTokens) & 1;
   for (int l = 1; l < (N < 4 ? N : 4); ++l)
-    low |= load_bytes(in + static_cast<int64_t>(map[l]) * kByteTokens) & splat(static_cast<uint8_t>(1 << l));
+    low |= load_bytes(in + static_cast<int64_t>(map[l]) * kByteTokens) & bit_mask(l);
   if constexpr (N <= 4) {
     return lookup16(table, low);
   } else {
     Bytes high = load_bytes(in + static_cast<int64_t>(map[4]) * kByteTokens) & 1;
     for (int l = 5; l < N; ++l)
-      high |= load_bytes(in + static_cast<int64_t>(map[l]) * kByteTokens) & splat(static_cast<uint8_t>(1 << (l - 4)));
+      high |= load_bytes(in + static_cast<int64_t>(map[l]) * kByteTokens) & bit_mask(l - 4);
     alignas(16) static const uint8_t kBit[16] = {1, 2, 4, 8, 16, 32, 64, 128, 0, 0, 0, 0, 0, 0, 0, 0};
     const Bytes candidates = lookup16(table, low);
     const Bytes pick = lookup16(kBit, high);
@@ -140,7 +140,7 @@ void byteslice_outputs_n(const BlockPlan& plan, const uint8_t* in, float* y, int
         const int64_t row = first + o * g_size + 4 * j;
         const int width = g_size - 4 * j < 4 ? g_size - 4 * j : 4;
         Bytes pattern = byteslice_lut<N>(plan, in, row) & 1;
-        for (int b = 1; b < width; ++b) pattern |= byteslice_lut<N>(plan, in, row + b) & splat(static_cast<uint8_t>(1 << b));
+        for (int b = 1; b < width; ++b) pattern |= byteslice_lut<N>(plan, in, row + b) & bit_mask(b);
         add_pattern_sums(pattern, plan.sum_planes + (o * plan.sum_groups + j) * 64, acc);
       }
       const float scale = plan.output_scale[o];

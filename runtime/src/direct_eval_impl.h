@@ -91,7 +91,7 @@ void direct_encode_one(const BlockPlan& plan, const float* x, int64_t m, const D
     uint8_t* bits = s.copies[0] + static_cast<int64_t>(t) * features;
     for (int i0 = 0; i0 < features; i0 += kByteTokens) {
       const Bytes set = gt_bytes(s.q + i0, thresholds + i0);  // 0xFF or 0 (AVX2 has no byte shifts)
-      for (int l = 0; l < N; ++l) *reinterpret_cast<Bytes*>(bits + l * copy + i0) = (set & splat(static_cast<uint8_t>(1 << l)));
+      for (int l = 0; l < N; ++l) *reinterpret_cast<Bytes*>(bits + l * copy + i0) = (set & bit_mask(l));
     }
   }
 }
@@ -280,7 +280,7 @@ void direct_layer_n(const BlockPlan& plan, int k, const DirectScratch& s, int64_
     const int64_t copy = plan.direct_copy_bytes[k + 1];
     for (int64_t j = j_begin; j < j_end; j += kByteTokens) {  // stays within the copy: it is padded to 64
       const Bytes set = -*reinterpret_cast<const Bytes*>(out + j);  // 0/1 -> 0/0xFF
-      for (int l = 1; l < N; ++l) *reinterpret_cast<Bytes*>(out + l * copy + j) = (set & splat(static_cast<uint8_t>(1 << l)));
+      for (int l = 1; l < N; ++l) *reinterpret_cast<Bytes*>(out + l * copy + j) = (set & bit_mask(l));
     }
   }
 }

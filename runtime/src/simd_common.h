@@ -34,12 +34,21 @@ typedef uint8_t Bytes __attribute__((vector_size(kByteTokens), may_alias));
 typedef int16_t Words __attribute__((vector_size(2 * kByteTokens), may_alias));
 
 // A vector of kByteTokens copies of `byte` (a scalar operand would be an int to GCC, which refuses to
-// narrow it when it cannot prove the value fits, as at -O1).
-QUWEIT_INLINE Bytes splat(uint8_t byte) {
-  Bytes v;
-  __builtin_memset(&v, byte, sizeof(v));
-  return v;
-}
+// narrow it when it cannot prove the value fits, as at -O1). Read from a table of the eight one-bit
+// masks when `byte` is one: a memset into a vector in an inner loop stays a store and a reload at -O3.
+#define QUWEIT_R8(v) v, v, v, v, v, v, v, v
+#define QUWEIT_R64(v) QUWEIT_R8(v), QUWEIT_R8(v), QUWEIT_R8(v), QUWEIT_R8(v), QUWEIT_R8(v), QUWEIT_R8(v), \
+    QUWEIT_R8(v), QUWEIT_R8(v)
+alignas(64) inline constexpr uint8_t kBitMasks[8][64] = {
+    {QUWEIT_R64(1)}, {QUWEIT_R64(2)}, {QUWEIT_R64(4)}, {QUWEIT_R64(8)},
+    {QUWEIT_R64(16)}, {QUWEIT_R64(32)}, {QUWEIT_R64(64)}, {QUWEIT_R64(128)}};
+#undef QUWEIT_R64
+#undef QUWEIT_R8
+static_assert(kByteTokens <= 64, "kBitMasks rows are 64 bytes");
+
+// `1 << bit` in every byte (bit in 0..7).
+QUWEIT_INLINE Bytes bit_mask(int bit) { return *reinterpret_cast<const Bytes*>(kBitMasks[bit]); }
+
 #endif
 
 template <typename T>
