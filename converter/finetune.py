@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -145,6 +146,7 @@ def load_checkpoint(path: str | Path) -> dict:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = re.sub(r"\x1b\[[0-9;]*m", "", first)  # torch's messages carry terminal colour codes
         raise FinetuneError(f"--resume {path}: not a readable quweit-finetune checkpoint ({first})") from err
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing:

@@ -70,6 +70,11 @@ def run(main, request: dict) -> dict:
 def serve(command: str) -> None:
     import importlib
 
+    # The runs get the signal dispositions of a command started from a terminal, whatever this server
+    # inherited: a shell starts background jobs with SIGINT ignored (kept across exec), and Python then
+    # installs no KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     main = importlib.import_module(COMMANDS[command]).main
     for module in PRELOAD[command]:  # what the command imports on first use, paid once here
         importlib.import_module(module)

@@ -122,15 +122,16 @@ def test_signal_at_random_points_leaves_inputs_and_no_partial_output(server, sig
 
 
 def test_resumed_fine_tune_continues_from_the_checkpoint_an_interrupted_run_left(tmp_path):
+    steps = 2000  # the fused training ops take a few ms per step here: the run must outlast the signal's delay
     served = Server("finetune")
     try:
-        argv, output, out = _inputs("finetune", tmp_path / "full", steps=60)
+        argv, output, out = _inputs("finetune", tmp_path / "full", steps=steps)
         timing = served.run(argv)
         assert timing["status"] == 0, timing["stderr"][-2000:]
         full = read_blocks(load_model(output))[0]
-        argv, output, out = _inputs("finetune", tmp_path / "cut", steps=60)
+        argv, output, out = _inputs("finetune", tmp_path / "cut", steps=steps)
         checkpoint = out / "t.onnx.ckpt"
-        # once the first checkpoint (step 3 of 60) is written, within the next half second
+        # once the first checkpoint (step 3) is written, within the next half second
         after = float(np.random.default_rng(7).uniform(0.0, 0.5))
         result = served.run(argv, signum=signal.SIGTERM, after=after, after_file=checkpoint)
         assert result["status"] == 128 + signal.SIGTERM, result
@@ -138,7 +139,7 @@ def test_resumed_fine_tune_continues_from_the_checkpoint_an_interrupted_run_left
         from quweit.converter.finetune import load_checkpoint
 
         step = load_checkpoint(checkpoint)["step"]
-        assert 0 < step < 60
+        assert 0 < step < steps
         resumed = served.run([*argv, "--resume", checkpoint, "--checkpoint", out / "again.ckpt"])
         assert resumed["status"] == 0, resumed["stderr"][-2000:]
         assert read_blocks(load_model(output))[0].equals(full)

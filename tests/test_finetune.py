@@ -312,7 +312,7 @@ def test_resume_refuses_a_checkpoint_that_needs_unpickling(pair, tmp_path, capsy
     torch.save({"step": 1, "model": _Pickled()}, bad)
     assert finetune_main([str(paths["student"]), "--teacher", str(paths["teacher"]), "--data", str(paths["data"]),
                           "-o", str(tmp_path / "out.onnx"), "--resume", str(bad), "--no-progress"]) == 2
-    assert f"{bad}: not a quweit-finetune checkpoint" in capsys.readouterr().err
+    assert f"--resume {bad}: not a readable quweit-finetune checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out.onnx").exists()
 
 

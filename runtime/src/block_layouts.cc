@@ -37,7 +37,15 @@ void derive_direct_layout(const BlockParams& params, DerivedLayouts& out) {
   out.direct_thresholds.assign(static_cast<size_t>(t_per * features), INT16_MAX);
   for (int64_t i = 0; i < d_in; ++i)
     for (int64_t t = 0; t < t_per; ++t) out.direct_thresholds[t * features + i] = params.thresholds[i * t_per + t];
+  // Every slot l of every row starts at position 0 of its copy l: the padding rows of the last layer
+  // (outputs rounded up to 16) are evaluated and discarded, and an offset of 0 would read before copy l
+  // (before the scratch itself for packed tokens).
   out.direct_mapping.assign(static_cast<size_t>(rows * n), 0);
+  for (int64_t k = 0; k < layers; ++k) {
+    const int64_t end = k + 1 < layers ? row_offsets[k + 1] : rows;
+    for (int64_t row = row_offsets[k]; row < end; ++row)
+      for (int64_t l = 0; l < n; ++l) out.direct_mapping[row * n + l] = static_cast<int32_t>(l * copy_bytes[k]);
+  }
   out.direct_tables.assign(static_cast<size_t>(rows * words), 0);
   auto place = [&](int64_t k, int64_t row, int64_t spec_row) {
     for (int64_t l = 0; l < n; ++l) {
