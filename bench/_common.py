@@ -3,6 +3,7 @@ atomic JSON results (through the I/O layer's one writer)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
@@ -11,7 +12,6 @@ import time
 import numpy as np
 from quweit.onnxio import BadInputError, write_json
 from quweit.onnxio import refuse_to_clobber as io_refuse
-
 
 #: Sleep before each turn of a session with an intra-op pool (alternate_timings): longer than onnxruntime's
 #: idle pool threads spin after a run.
@@ -106,6 +106,15 @@ def refuse_to_clobber(path: str, force: bool) -> None:
         io_refuse([path], force)
     except BadInputError as err:
         raise SystemExit(f"error: {err}") from None
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's parser with the options `finish` reads (`--json`, `--force`); description: `doc`'s
+    first paragraph."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--json", metavar="PATH", help="write the results to this JSON file")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    return parser
 
 
 def finish(results: dict, json_path: str | None, force: bool) -> None:

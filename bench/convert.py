@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import finish, git_commit, refuse_to_clobber
+from _common import bench_parser, finish, git_commit, refuse_to_clobber
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -133,9 +133,7 @@ def convert_once(model: Path, folder: Path, model_bytes: int, extra: list[str]) 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", metavar="PATH", help="write the results to this JSON file")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    parser = bench_parser(__doc__)
     parser.add_argument("--layers", type=int, nargs="+", default=list(LAYERS))
     parser.add_argument("--samples", type=int, default=16, help="calibration sequences")
     parser.add_argument("--tokens", type=int, default=128, help="calibration sequence length (padded)")

@@ -14,13 +14,11 @@ the fastest path, and the largest counts up to which direct, then byte-sliced, s
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
-
-from _common import alternate_timings, finish, refuse_to_clobber
+from _common import alternate_timings, bench_parser, finish, refuse_to_clobber
 from kernel import cpu_name, isa_in_use
 
 PATHS = ("direct", "byteslice", "bitslice")
@@ -41,7 +39,6 @@ def shape_params(name: str):
 def path_session(params, path: str):
     """A 1-thread session whose kernel was created with QUWEIT_KERNEL_PATH=path."""
     import onnxruntime as ort
-
     from quweit.custom_ops import make_block_model
     from quweit.runtime import make_session
 
@@ -72,9 +69,7 @@ def largest_prefix(fastest: list[str], counts: list[int], paths: set[str]) -> in
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", metavar="PATH", help="write the results to this JSON file")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=1.5, help="measuring time per (shape, token count)")
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="comma-separated token counts")
     args = parser.parse_args(argv)
@@ -82,9 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
         refuse_to_clobber(args.json, args.force)
     counts = [int(t) for t in args.tokens.split(",")]
 
-    from tqdm import tqdm
-
     from quweit.custom_ops import evaluate
+    from tqdm import tqdm
 
     results: dict = {
         "command": "python bench/crossover.py " + " ".join(argv if argv is not None else sys.argv[1:]),

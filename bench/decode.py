@@ -17,7 +17,6 @@ reported, for 1 and 2 intra-op threads. The vocabulary projection (lm_head) is n
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -25,8 +24,14 @@ import tempfile
 import numpy as np
 import onnx
 import onnxruntime as ort
-
-from _common import POOL_SETTLE_SECONDS, alternate_timings, finish, record_timings, refuse_to_clobber
+from _common import (
+    POOL_SETTLE_SECONDS,
+    alternate_timings,
+    bench_parser,
+    finish,
+    record_timings,
+    refuse_to_clobber,
+)
 from model import kernel_only
 from quweit.onnxio import load_model, make_session
 
@@ -143,9 +148,7 @@ def sessions(models: dict[str, onnx.ModelProto], threads: int, spinning: int) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", metavar="PATH", help="write the results to this JSON file")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per thread count")
     parser.add_argument("--past", type=int, default=128, help="tokens already in the KV cache")
     parser.add_argument("--layers", type=int, default=30, help="decoder layers")
@@ -157,9 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.past < 1 or args.layers < 1:
         raise SystemExit(f"error: --past and --layers must be >= 1, got {args.past} and {args.layers}")
 
-    from tqdm import tqdm
-
     from quweit.converter.convert import replace_mlps
+    from tqdm import tqdm
 
     progress = tqdm(total=5, desc="decode bench", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="quweit-decode-") as workdir:

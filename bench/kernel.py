@@ -17,7 +17,6 @@ the end of five runs (model weights, arenas and activations).
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import sys
@@ -25,9 +24,16 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
+from _common import (
+    POOL_SETTLE_SECONDS,
+    alternate_timings,
+    bench_parser,
+    cpu_name,
+    finish,
+    record_timings,
+    refuse_to_clobber,
+)
 from onnx import TensorProto, helper, numpy_helper
-
-from _common import POOL_SETTLE_SECONDS, alternate_timings, cpu_name, finish, record_timings, refuse_to_clobber
 
 HIDDEN, INTERMEDIATE = 384, 1536
 TOKENS = (1, 4, 16, 128, 2048)
@@ -152,9 +158,7 @@ def isa_in_use() -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", metavar="PATH", help="write the results to this JSON file")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per (tokens, threads) pair")
     parser.add_argument("--spinning", type=int, choices=(0, 1), default=1,
                         help="onnxruntime's session.intra_op.allow_spinning for both sessions (default 1, its own)")

@@ -12,7 +12,6 @@ of median latencies is reported.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import tempfile
 import numpy as np
 import onnx
 import onnxruntime as ort
-from _common import alternate_timings, finish, record_timings, refuse_to_clobber
+from _common import alternate_timings, bench_parser, finish, record_timings, refuse_to_clobber
 from quweit.onnxio import load_model, make_session
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,9 +77,7 @@ def sessions(original: onnx.ModelProto, converted: onnx.ModelProto, threads: int
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", metavar="PATH", help="write the results to this JSON file")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per thread count")
     parser.add_argument("--tokens", type=int, default=128, help="sequence length (batch 1)")
     args = parser.parse_args(argv)

@@ -23,7 +23,6 @@ mostly measure the scheduler, so the process CPU time per step with one thread i
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -31,10 +30,9 @@ import time
 
 import numpy as np
 import torch
+from _common import bench_parser, cpu_name, finish, git_commit, refuse_to_clobber
 from quweit.custom_ops import default_config, fused_training, random_params
 from quweit.custom_ops.torch_block import WeightlessBlock
-
-from _common import cpu_name, finish, git_commit, refuse_to_clobber
 
 SEED = 0
 
@@ -93,9 +91,7 @@ def check_paths_agree(params, x: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", metavar="PATH", help="write the results to this JSON file")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    p = bench_parser(__doc__)
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--d-model", type=int, default=384)
     p.add_argument("--hidden", type=int, default=1536)
