@@ -27,7 +27,7 @@ import traceback
 from collections.abc import Callable, Iterator
 
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, InputError
-from .onnxio.signals import EXIT_TERMINATED, Terminated, sigterm_unwinds
+from .onnxio.signals import EXIT_TERMINATED, Terminated, interruptions_not_lost, sigterm_unwinds
 
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
@@ -99,7 +99,7 @@ def run_command(prog: str, parser: argparse.ArgumentParser, body: Callable[[argp
         return status
 
     try:
-        with sigterm_unwinds():
+        with sigterm_unwinds(), interruptions_not_lost():
             return body(args)
     except Terminated:  # (an output committed just before the signal landed stays: it is complete)
         return fail(EXIT_TERMINATED, "terminated (SIGTERM); inputs untouched, no partial output left")

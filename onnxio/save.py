@@ -58,8 +58,9 @@ def atomic_files(targets: Sequence[str | os.PathLike], *, force: bool = False) -
                 for target in targets:
                     if target.parent not in folders:
                         target.parent.mkdir(parents=True, exist_ok=True)
-                        folders[target.parent] = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp",
-                                                                       dir=target.parent))
+                        with signals_deferred():  # a folder made is a folder recorded (for `finally`)
+                            folders[target.parent] = Path(tempfile.mkdtemp(prefix=f".{target.name}.",
+                                                                           suffix=".tmp", dir=target.parent))
             except OSError as err:
                 raise BadInputError(f"{target.parent}: cannot write here: {err.strerror or err}") from err
             temporary = [folders[t.parent] / t.name for t in targets]
@@ -83,8 +84,9 @@ def atomic_files(targets: Sequence[str | os.PathLike], *, force: bool = False) -
                 raise
             raise BadInputError(f"{targets[0]}: writing failed: {err.strerror or err}") from err
         finally:
-            for tmp in folders.values():
-                shutil.rmtree(tmp, ignore_errors=True)
+            with signals_deferred():  # an interruption does not cut the removal short
+                for tmp in folders.values():
+                    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
