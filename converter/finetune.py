@@ -15,11 +15,12 @@ import dataclasses
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import torch
 import torch.distributed as dist
 from quweit.onnxio import (
@@ -29,7 +30,7 @@ from quweit.onnxio import (
     check_inputs,
     input_specs,
     load_ir,
-    make_session,
+    probe_session,
     run_size,
     runs,
 )
@@ -60,6 +61,8 @@ class FinetuneOptions:
     schedule: str = "constant"  # or "cosine": every learning rate decays to 0 over the steps or the budget
     warmup_steps: int = 0  # every learning rate rises linearly from 0 over the first steps (Adam's first
     # updates are about lr in size whatever the gradient: without warm-up they jolt all pretrained weights)
+    hidden: tuple[str, ...] = ()  # distillation: inner values of both models (hidden states) also matched
+    hidden_weight: float = 0.0  # their loss's share: output loss + hidden_weight * mean hidden-state loss
 
 
 def check_data(data: Mapping[str, np.ndarray], model, *, source: str = "data") -> int:
@@ -174,14 +177,23 @@ class Teacher:
     """The original model in onnxruntime (one thread per process: ranks share the cores), run in as many
     runs as its declared input shapes need (a static batch of 1: one row at a time)."""
 
-    def __init__(self, model: str | Path | onnx.ModelProto, threads: int = 1) -> None:
-        self.path = "the teacher model" if isinstance(model, onnx.ModelProto) else model
-        self.model = load_ir(model) if not isinstance(model, onnx.ModelProto) else model
+    def __init__(self, model: str | Path | onnx.ModelProto | ir.Model, threads: int = 1,
+                 inner: Sequence[str] = (), *, path: str | Path | None = None) -> None:
+        loaded = isinstance(model, (onnx.ModelProto, ir.Model))
+        self.path = path or ("the teacher model" if loaded else model)
+        self.model = model if loaded else load_ir(model)
+        self.threads = threads
         try:
-            self.session = make_session(self.model, kernel=None, threads=threads)
+            self.session = probe_session(self.model, inner, kernel=None, threads=threads)
+        except KeyError as err:
+            raise FinetuneError(f"--teacher {self.path}: {err.args[0]}") from err
         except ONNXRUNTIME_ERRORS as err:
             raise FinetuneError(f"--teacher {self.path}: onnxruntime cannot load it: {_first_line(err)}") from err
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def with_inner(self, names: Sequence[str]) -> Teacher:
+        """The same teacher that also outputs its inner values `names` (after its own outputs)."""
+        return Teacher(self.model, self.threads, names, path=self.path) if names else self
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:  # the user's model on the user's data: a refusal is bad input
@@ -249,9 +261,16 @@ def finetune(
         raise FinetuneError(f"batch size {options.batch_size} is not divisible by the {world} processes")
     local = options.batch_size // world
     torch.manual_seed(options.seed)
+    hidden = list(options.hidden) if teacher is not None and options.hidden_weight > 0 else []
+    produced = {name for node in student.graph.node for name in node.output}
+    missing = [n for n in hidden if n not in produced]
+    if missing:
+        raise FinetuneError(f"hidden-state distillation: the student has no values named {missing}")
+    if hidden:
+        teacher = teacher.with_inner(hidden)
     graph = OnnxGraphModule(student, train_dense=options.train_dense, train_lookups=options.train_lookups,
-                           candidates=options.candidates,
-                           table_magnitude=options.table_magnitude, seed=options.seed).train()
+                            candidates=options.candidates, taps=hidden,
+                            table_magnitude=options.table_magnitude, seed=options.seed).train()
     if not len(graph.blocks):
         raise FinetuneError("the student model holds no WeightlessBlock nodes to train")
     blocks = graph.blocks
@@ -271,10 +290,9 @@ def finetune(
     if resume is not None:
         step, losses, elapsed = _resume(resume, graph, optimizer, generator)
     names = [n for n in data if n != LABELS]
-    variance = 1.0
+    target = Target(teacher, hidden, options.hidden_weight)
     if teacher is not None:
-        probe = {n: np.ascontiguousarray(data[n][: min(rows, 64)]) for n in names}
-        variance = max(float(np.var(teacher(probe)[0], dtype=np.float64)), 1e-12)
+        target.measure({n: np.ascontiguousarray(data[n][: min(rows, 64)]) for n in names})
     mask_name = options.mask_input if options.mask_input in names else None
     per_run = run_size(student, local)  # a static batch: each step accumulates gradients over runs
     if local % per_run:
@@ -309,7 +327,7 @@ def finetune(
                 sub = trim_padding(sub, mask_name)
             last = index == len(parts) - 1
             with model.no_sync() if world > 1 and not last else contextlib.nullcontext():
-                loss = _loss(model, sub, teacher, variance, mask_name, tokens_per_sample,
+                loss = _loss(model, graph, sub, target, mask_name, tokens_per_sample,
                              None if labels is None else labels[part]) * (len(sub[names[0]]) / local)
                 loss.backward()
             loss_value += float(loss.detach())
@@ -328,17 +346,44 @@ def finetune(
     return write_back(student, graph.block_params(), graph.dense_arrays()), losses
 
 
-def _loss(model, feeds, teacher, variance, mask_name, tokens_per_sample, labels) -> torch.Tensor:
+class Target:
+    """What distillation matches: the teacher's first output and, with `hidden`, its inner values of the
+    same names in the student (each loss over its own variance, so each term starts near 1)."""
+
+    def __init__(self, teacher: Teacher | None, hidden: Sequence[str] = (), hidden_weight: float = 0.0) -> None:
+        self.teacher, self.hidden, self.hidden_weight = teacher, list(hidden), hidden_weight
+        self.variances: list[float] = []
+
+    def measure(self, probe: dict[str, np.ndarray]) -> None:
+        outputs = self.teacher(probe)
+        self.variances = [max(float(np.var(outputs[k], dtype=np.float64)), 1e-12) for k in self._indices()]
+
+    def _indices(self) -> list[int]:
+        names = self.teacher.output_names
+        return [0, *(names.index(n) for n in self.hidden)]
+
+    def loss(self, output: torch.Tensor, tapped: dict[str, torch.Tensor], feeds: dict[str, np.ndarray],
+             mask: torch.Tensor | None, tokens_per_sample: float) -> torch.Tensor:
+        outputs = self.teacher(feeds)
+        targets = [torch.from_numpy(outputs[k]) for k in self._indices()]
+        if mask is not None and tuple(mask.shape) != tuple(output.shape[:-1]):
+            mask = None
+        loss = distillation_loss(output, targets[0], self.variances[0], mask, tokens_per_sample)
+        if self.hidden:
+            inner = sum(distillation_loss(tapped[n], t, v, mask, tokens_per_sample)
+                        for n, t, v in zip(self.hidden, targets[1:], self.variances[1:]))
+            loss = loss + self.hidden_weight * inner / len(self.hidden)
+        return loss
+
+
+def _loss(model, graph, feeds, target: Target, mask_name, tokens_per_sample, labels) -> torch.Tensor:
     """The training loss of one run: distillation from the teacher, or the task loss on `labels`."""
     output = model(**{n: torch.from_numpy(v) for n, v in feeds.items()})
     output = output[0] if isinstance(output, tuple) else output
-    if teacher is None:
+    if target.teacher is None:
         return task_loss(output, torch.from_numpy(labels))
-    target = torch.from_numpy(teacher(feeds)[0])
     mask = torch.from_numpy(feeds[mask_name]).to(output.dtype) if mask_name else None
-    if mask is not None and tuple(mask.shape) != tuple(output.shape[:-1]):
-        mask = None
-    return distillation_loss(output, target, variance, mask, tokens_per_sample)
+    return target.loss(output, graph.tapped, feeds, mask, tokens_per_sample)
 
 
 def _free_sequence(model, mask_name: str) -> bool:

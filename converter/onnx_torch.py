@@ -13,6 +13,7 @@ into a copy of the ONNX model, replacing exactly those initializers.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -46,11 +47,17 @@ class OnnxGraphModule(nn.Module):
     """Executes `model.graph` in torch; `forward(**inputs)` returns the graph outputs (a tuple if several)."""
 
     def __init__(self, model: onnx.ModelProto, *, train_dense: bool = False, train_bypass: bool = True,
-                 train_lookups: bool = True, **block_options) -> None:
+                 train_lookups: bool = True, taps: Sequence[str] = (), **block_options) -> None:
         super().__init__()
         graph = model.graph
         self.input_names = [i.name for i in graph.input]
         self.output_names = [o.name for o in graph.output]
+        produced = {o for node in graph.node for o in node.output}
+        missing = [n for n in taps if n not in produced]
+        if missing:
+            raise ValueError(f"no node of the model produces the values {missing}")
+        self.taps = list(taps)  # inner values each forward keeps in `tapped` (hidden-state distillation)
+        self.tapped: dict[str, torch.Tensor] = {}
         initializers = {t.name: t for t in graph.initializer}
         block_inputs: set[str] = set()
         self.blocks = nn.ModuleDict()
@@ -118,6 +125,7 @@ class OnnxGraphModule(nn.Module):
                 outputs = result if isinstance(result, tuple) else (result,)
             for name, value in zip(node.output, outputs):
                 values[name] = value
+        self.tapped = {n: values[n] for n in self.taps}
         results = tuple(values[n] for n in self.output_names)
         return results if len(results) > 1 else results[0]
 

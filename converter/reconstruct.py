@@ -29,10 +29,12 @@ HOLDOUT = 0.1
 
 @dataclasses.dataclass(frozen=True)
 class NormAfter:
-    """The normalisation that first reads the MLP's output (through residual Adds): its input and scale."""
+    """The normalisation that first reads the MLP's output (through residual Adds): its input, scale and
+    output (the hidden state the next layer reads)."""
 
     input: str
     scale: np.ndarray  # gamma [D]
+    output: str = ""
 
 
 def norm_after(model: onnx.ModelProto, output: str, hops: int = 3) -> NormAfter | None:
@@ -51,7 +53,8 @@ def norm_after(model: onnx.ModelProto, output: str, hops: int = 3) -> NormAfter 
             for node in readers.get(value, []):
                 if node.op_type in NORM_OPS and node.input[0] == value and len(node.input) > 1 \
                         and node.input[1] in inits:
-                    return NormAfter(value, np.abs(numpy_helper.to_array(inits[node.input[1]])).astype(np.float32))
+                    return NormAfter(value, np.abs(numpy_helper.to_array(inits[node.input[1]])).astype(np.float32),
+                                     node.output[0])
                 if node.op_type == "Add":
                     following.append(node.output[0])
         frontier = following

@@ -203,3 +203,48 @@ def test_warmup_raises_every_rate_linearly(monkeypatch):
     options = FinetuneOptions(steps=4, batch_size=4, lr=0.04, value_lr=0.02, bypass_lr=0.01, warmup_steps=2)
     finetune(converted, _calib(16), teacher=Teacher(prepare(model)), options=options, progress=False)
     assert seen == [[0.02, 0.01, 0.005], [0.04, 0.02, 0.01], [0.04, 0.02, 0.01], [0.04, 0.02, 0.01]]
+
+
+def test_hidden_states_are_the_norm_outputs_after_each_block_but_not_the_model_output():
+    from quweit.converter.distill import hidden_states
+
+    model, calib = _model(), _calib(32)
+    converted, _ = convert(model, calib=calib, sensitivity=False, progress=False,
+                           recipe=Recipe(bypass_rank=2, reconstruct_steps=2))
+    assert hidden_states(converted, model) == ["n0"]  # n1 is the output: the output loss holds it
+
+
+def test_hidden_state_loss_adds_each_matched_value_and_is_zero_for_the_teacher_itself():
+    import torch
+    from quweit.converter.finetune import Target, Teacher
+
+    model, feeds = _model(), _calib(4)
+    target = Target(Teacher(model).with_inner(["n0"]), ["n0"], hidden_weight=0.5)
+    target.measure(feeds)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(["n1"], feeds)[0]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend([helper.make_empty_tensor_value_info("n0")])
+    n1, n0 = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    exact = target.loss(torch.from_numpy(out), {"n0": torch.from_numpy(n0)}, feeds, None, 1.0)
+    assert float(exact) < 1e-10
+    off = torch.from_numpy(n0) + 1.0  # every element off by one: the term is 1 / var(n0), weighted
+    loss = target.loss(torch.from_numpy(out), {"n0": off}, feeds, None, 1.0)
+    assert np.isclose(float(loss), 0.5 / np.var(n0, dtype=np.float64), rtol=1e-4)
+
+
+def test_distillation_with_hidden_states_trains_and_a_missing_name_is_refused(tmp_path):
+    import pytest
+    from quweit.converter.finetune import FinetuneError, FinetuneOptions, Teacher, finetune
+
+    model, calib = _model(), _calib(32)
+    start, _ = convert(model, calib=calib, sensitivity=False, progress=False,
+                       recipe=Recipe(bypass_rank=2, reconstruct_steps=2))
+    _, report = convert(model, calib=calib, sensitivity=False, progress=False,
+                        recipe=Recipe(bypass_rank=2, reconstruct_steps=2, distill_steps=20, distill_batch=8,
+                                      hidden_weight=1.0))
+    assert report["distillation"]["steps"] == 20 and report["recipe"]["hidden_weight"] == 1.0
+    with pytest.raises(FinetuneError, match="no values named"):
+        finetune(start, calib, teacher=Teacher(model),
+                 options=FinetuneOptions(steps=1, hidden=("nowhere",), hidden_weight=1.0), progress=False)
