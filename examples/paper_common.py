@@ -424,7 +424,8 @@ def _three_models(exp: Experiment, args, out: Path, block: dict, budget: Budget,
                                     budget, lr=args.table_lr, value_lr=args.value_lr, seed=args.seed)}
     scratch.update(_entry(exp, on_rank0(evaluate, out / "from_scratch.onnx")))
     key = f"test_{exp.metric_key}"
-    best = "converted" if _better(exp, converted[key], scratch[key]) else "from_scratch"
+    chosen_by = f"validation_{exp.metric_key}"  # the reported quweit model is chosen on validation, not test
+    best = "converted" if _better(exp, converted[chosen_by], scratch[chosen_by]) else "from_scratch"
     return {
         "block": block, "blocks": on_rank0(block_summary, out / "converted.onnx"),
         **{k: report[k] for k in ("mlps_found", "mlps_replaced", "mult_share_removed", "params_before",
@@ -432,6 +433,7 @@ def _three_models(exp: Experiment, args, out: Path, block: dict, budget: Budget,
         "macs_per_token_before": report["macs_before"], "macs_per_token_after": report["macs_after"],
         "converted": converted, "from_scratch": scratch,
         "quweit_metric": converted[key] if best == "converted" else scratch[key], "quweit_model": best,
+        "quweit_model_chosen_by": chosen_by,
         "target": exp.target,
     }
 
