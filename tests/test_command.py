@@ -167,8 +167,18 @@ def test_commands_let_idle_openmp_threads_sleep_before_torch_is_loaded():
     assert out.strip() == "ACTIVE"
 
 
+@pytest.fixture
+def terminal_signals():
+    """SIGINT raises KeyboardInterrupt, as in a command started from a terminal (a shell starts background
+    jobs, such as a CI run, with SIGINT ignored, and Python then installs no handler)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("exc, status", [(KeyboardInterrupt, 130), (Terminated, 143)])
-def test_interruption_landing_in_a_callback_is_sent_again_not_printed_and_dropped(exc, status, capsys):
+def test_interruption_landing_in_a_callback_is_sent_again_not_printed_and_dropped(exc, status, capsys,
+                                                                                  terminal_signals):
     """An interruption raised in a weakref callback (where importlib's module locks put one) cannot
     propagate: Python prints "Exception ignored ... Traceback" and runs on. The command must still stop
     with the signal's status and one line."""
@@ -200,7 +210,7 @@ def test_interruption_landing_in_a_callback_is_sent_again_not_printed_and_droppe
     assert err.strip().startswith("quweit-test: ") and len(err.strip().splitlines()) == 1, err
 
 
-def test_atomic_writer_interrupted_anywhere_leaves_no_temporary_folder(tmp_path, monkeypatch):
+def test_atomic_writer_interrupted_anywhere_leaves_no_temporary_folder(tmp_path, monkeypatch, terminal_signals):
     """Ctrl-C right after the temporary folder is made, or while it is removed, leaves nothing behind
     (the CI once found `.m.quweit.onnx.<random>.tmp` left by a signal in that window)."""
     import shutil
